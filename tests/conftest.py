@@ -1,0 +1,1 @@
+from fixtures_clip import tiny_clip, tiny_clip_files  # noqa: F401

@@ -1,0 +1,138 @@
+"""The dense CLIP forward with SVC and LVC against plain reference computations (SPEC §2, §7)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from excel.backbone import DenseCLIPEncoder
+from excel.lvc import lvc_shift
+
+
+def reference_forward(visual, images, svc_layers=5, shift=None):
+    """SPEC §2/§7 written out head by head; `shift` (B×hw×hw) is LVC's E added to every head's A_c."""
+    B, _, H, W = images.shape
+    h, w = H // 16, W // 16
+    x = visual.conv1(images).flatten(2).transpose(1, 2)
+    pos = visual.positional_embedding
+    g = int((pos.shape[0] - 1) ** 0.5)
+    grid = F.interpolate(pos[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                         align_corners=False).permute(0, 2, 3, 1).reshape(h * w, -1)
+    x = torch.cat([visual.class_embedding.expand(B, 1, -1), x], 1) + torch.cat([pos[:1], grid])
+    x = visual.ln_pre(x)
+    blocks = visual.transformer.resblocks
+    heads = blocks[0].attn.num_heads
+    x_s = None
+    for i, block in enumerate(blocks):
+        svc = i >= len(blocks) - svc_layers
+        if svc and x_s is None:
+            x_s = x.clone()
+        y = block.ln_1(x)
+        qkv = y @ block.attn.in_proj_weight.T + block.attn.in_proj_bias
+        q, k, v = qkv.chunk(3, dim=-1)
+        d = q.shape[-1] // heads
+        outs, calib_outs = [], []
+        calib_sum = 0
+        for hd in range(heads):
+            qh, kh, vh = (t[..., hd * d:(hd + 1) * d] for t in (q, k, v))
+            outs.append(torch.softmax(qh @ kh.transpose(1, 2) / d ** 0.5, -1) @ vh)
+            if svc:
+                a_c = sum(torch.softmax(t @ t.transpose(1, 2) / d ** 0.5, -1) for t in (qh, kh, vh)) / 3
+                if shift is not None:
+                    a_c = a_c.clone()
+                    a_c[:, 1:, 1:] += shift
+                calib_sum = calib_sum + a_c
+        x = x + block.attn.out_proj(torch.cat(outs, -1))
+        x = x + block.mlp(block.ln_2(x))
+        if svc:
+            for hd in range(heads):
+                calib_outs.append(calib_sum @ v[..., hd * d:(hd + 1) * d])
+            x_s = x_s + block.attn.out_proj(torch.cat(calib_outs, -1))
+    x_s = torch.cat([x[:, :1], x_s[:, 1:]], 1)
+    return visual.ln_post(x_s) @ visual.proj
+
+
+@pytest.fixture()
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 64, 96)
+
+
+def test_svc_off_equals_open_clip_tokens(tiny_clip):
+    visual = tiny_clip.visual
+    images = torch.randn(2, 3, 64, 64)
+    out = DenseCLIPEncoder(visual, svc_enabled=False)(images)
+    visual.output_tokens = True
+    try:
+        pooled, tokens = visual(images)
+    finally:
+        visual.output_tokens = False
+    torch.testing.assert_close(out.tokens[:, 0], pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.tokens[:, 1:], tokens @ visual.proj, atol=1e-5, rtol=1e-5)
+
+
+def test_svc_forward_matches_reference(tiny_clip, images):
+    out = DenseCLIPEncoder(tiny_clip.visual)(images)
+    with torch.no_grad():
+        expected = reference_forward(tiny_clip.visual, images)
+    torch.testing.assert_close(out.tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_recorded_maps_mix_head_mean_and_head_sum(tiny_clip, images):
+    encoder = DenseCLIPEncoder(tiny_clip.visual)
+    out = encoder(images)
+    row_sums = out.attn_maps.sum(-1)                      # softmax rows: mean → 1, sum over H heads → H
+    torch.testing.assert_close(row_sums[:7], torch.ones_like(row_sums[:7]))
+    torch.testing.assert_close(row_sums[7:], torch.full_like(row_sums[7:], encoder.num_heads))
+
+
+def test_lvc_from_cache_equals_second_pass(tiny_clip, images):
+    encoder = DenseCLIPEncoder(tiny_clip.visual)
+    out = encoder(images)
+    features = torch.randn(2, 16, *out.grid)
+    shift = lvc_shift(features)
+    with torch.no_grad():
+        expected = reference_forward(tiny_clip.visual, images, shift=shift)
+        got = encoder.lvc_tokens(out, shift)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, out.tokens, atol=1e-3)   # the shift does change the tokens
+
+
+def test_lvc_shift_matches_plain_formula():
+    torch.manual_seed(2)
+    features = torch.randn(3, 8, 4, 5)
+    shift = lvc_shift(features)
+    r = features.flatten(2)
+    r = r / r.norm(dim=1, keepdim=True)
+    s = torch.einsum("bci,bcj->bij", r, r)
+    s = (s - s.mean()) * 3.0
+    expected = torch.zeros_like(s)
+    for b in range(3):
+        for i in range(20):
+            keep = s[b, i] >= 0
+            expected[b, i, keep] = torch.softmax(s[b, i, keep], 0)
+    torch.testing.assert_close(shift, expected)
+
+
+@pytest.mark.parametrize("size", [(320, 320), (320, 480)])
+def test_output_shapes(tiny_clip, size):
+    H, W = size
+    encoder = DenseCLIPEncoder(tiny_clip.visual)
+    out = encoder(torch.randn(2, 3, H, W))
+    h, w = H // 16, W // 16
+    N = 1 + h * w
+    assert out.grid == (h, w)
+    assert out.tokens.shape == (2, N, tiny_clip.visual.output_dim)
+    assert out.attn_maps.shape == (12, 2, N, N)
+    assert out.layer_outputs.shape == (12, 2, N, 128)
+    assert out.lvc_values.shape == (2, h * w, 128)
+
+
+def test_size_not_divisible_by_16_is_rejected(tiny_clip):
+    with pytest.raises(ValueError, match="330×320 is not divisible by the patch size 16"):
+        DenseCLIPEncoder(tiny_clip.visual)(torch.randn(1, 3, 330, 320))
+
+
+def test_backbone_is_frozen_and_stays_in_eval(tiny_clip):
+    encoder = DenseCLIPEncoder(tiny_clip.visual)
+    encoder.train()
+    assert not encoder.training and not tiny_clip.visual.training
+    assert not any(p.requires_grad for p in encoder.parameters())

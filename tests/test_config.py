@@ -1,0 +1,68 @@
+"""Config loading: defaults, YAML chains, overrides and the errors for bad keys or values."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from excel.config import ConfigError, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_published_values():
+    voc = load_config(CONFIGS / "voc.yaml")
+    assert (voc.tse.num_clusters, voc.cam.box_threshold, voc.lvc.start_iter, voc.train.max_iters) == (112, 0.79, 14000, 30000)
+    assert len(voc.dataset.background_names) == 25 and voc.dataset.class_names[2] == "bird avian"
+    coco = load_config(CONFIGS / "coco.yaml")
+    assert (coco.tse.num_clusters, coco.cam.box_threshold, coco.lvc.start_iter, coco.train.max_iters) == (224, 0.88, 30000, 100000)
+    assert len(coco.dataset.background_names) == 23 and coco.dataset.num_classes == 80
+    assert coco.train.aff_switch_iter is None and coco.optim.warmup_iters == 200
+
+
+@pytest.mark.parametrize("name,changed", [
+    ("voc_no_tse.yaml", {("tse", "enabled"): False}),
+    ("voc_no_svc.yaml", {("svc", "enabled"): False, ("lvc", "enabled"): False}),
+    ("voc_no_lvc.yaml", {("lvc", "enabled"): False}),
+    ("voc_static_only.yaml", {("tse", "enabled"): False, ("lvc", "enabled"): False}),
+])
+def test_ablations_change_only_their_switches(name, changed):
+    base = load_config(CONFIGS / "voc.yaml")
+    ablation = load_config(CONFIGS / name)
+    for section in base:
+        for key in (base[section] if hasattr(base[section], "keys") else [None]):
+            if key is None:
+                continue
+            expected = changed.get((section, key), base[section][key])
+            assert ablation[section][key] == expected, (section, key)
+
+
+def test_overrides_and_unknown_keys():
+    cfg = load_config(CONFIGS / "voc.yaml", ["train.max_iters=10", "tse.enabled=false"])
+    assert cfg.train.max_iters == 10 and cfg.tse.enabled is False
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_iter' in the command line; valid keys: .*train.max_iters"):
+        load_config(CONFIGS / "voc.yaml", ["train.max_iter=10"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["train.max_iters"])
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"_base_": str(CONFIGS / "voc.yaml"), "svc": {"layer": 4}}))
+    with pytest.raises(ConfigError, match=r"unknown config key 'svc.layer' in .*bad.yaml; valid keys: svc.enabled, svc.layers"):
+        load_config(bad)
+
+
+def test_class_list_length_must_match_num_classes():
+    with pytest.raises(ConfigError, match=r"dataset.class_names has 20 entries but dataset.num_classes=21"):
+        load_config(CONFIGS / "voc.yaml", ["dataset.num_classes=21"])
+
+
+def test_lvc_requires_svc():
+    with pytest.raises(ConfigError, match="lvc.enabled=true needs svc.enabled=true"):
+        load_config(CONFIGS / "voc.yaml", ["svc.enabled=false"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(CONFIGS / "voc.yaml", ["train.seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg

@@ -1,0 +1,124 @@
+"""Text Semantic Enrichment: class embeddings, the knowledge-base bank and attribute hunting (SPEC §3)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from excel import text_enrichment as tse
+from excel.clip_loader import clip_tokenizer
+
+CLASSES = ["disc", "square", "star"]
+
+
+def write_descriptions(path, extra=""):
+    data = {c: [f"a clean origami {c}. it is shape number {i}{extra}." for i in range(6)] for c in CLASSES}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_hunt_attributes_matches_plain_formula_and_keeps_published_count():
+    torch.manual_seed(0)
+    for K, dropped in ((112, 11), (224, 22)):
+        text = F.normalize(torch.randn(4, 16), dim=-1)
+        centers = torch.randn(K, 16)
+        enriched = tse.hunt_attributes(text, centers, keep_ratio=0.9)
+        logits = text @ centers.T
+        for c in range(4):
+            order = torch.argsort(logits[c], descending=True)
+            kept = order[: K - dropped]
+            weights = torch.softmax(logits[c, kept], 0)
+            expected = F.normalize(weights @ centers[kept] + text[c], dim=0)
+            torch.testing.assert_close(enriched[c], expected, atol=1e-6, rtol=0)
+
+
+def test_hunt_attributes_keep_all():
+    text = F.normalize(torch.randn(2, 8), dim=-1)
+    centers = torch.randn(10, 8)
+    expected = F.normalize(torch.softmax(text @ centers.T, -1) @ centers + text, dim=-1)
+    torch.testing.assert_close(tse.hunt_attributes(text, centers, keep_ratio=1.0), expected)
+
+
+def test_class_embeddings_average_normalised_templates(tiny_clip):
+    tokenizer = clip_tokenizer("tiny-clip-test")
+    templates = ["a clean origami {}.", "a photo of a {}."]
+    got = tse.class_embeddings(tiny_clip, tokenizer, ["cat", "dog"], templates)
+    for i, name in enumerate(["cat", "dog"]):
+        with torch.no_grad():
+            each = F.normalize(tiny_clip.encode_text(tokenizer([t.format(name) for t in templates])), dim=-1)
+        torch.testing.assert_close(got[i], F.normalize(each.mean(0), dim=0), atol=1e-6, rtol=0)
+
+
+def test_text_matrix_enriches_foreground_only():
+    fg, bg = F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(2, 8), dim=-1)
+    centers = torch.randn(5, 8)
+    text = tse.text_matrix(fg, bg, centers, 0.9)
+    torch.testing.assert_close(text[3:], bg)
+    assert not torch.allclose(text[:3], fg)
+    torch.testing.assert_close(tse.text_matrix(fg, bg, None), torch.cat([fg, bg]))
+
+
+def _bank(tiny_clip, tmp_path, descriptions, k=4, bank_path=None):
+    return tse.load_or_build_bank(tiny_clip, clip_tokenizer("tiny-clip-test"), bank_path=bank_path,
+                                  cache_path=tmp_path / "cache" / "bank.pt", descriptions_path=str(descriptions),
+                                  class_keys=CLASSES, num_clusters=k)
+
+
+def test_bank_is_cached_and_rebuilt_when_inputs_change(tiny_clip, tmp_path, monkeypatch):
+    descriptions = write_descriptions(tmp_path / "d.json")
+    first = _bank(tiny_clip, tmp_path, descriptions)
+    assert first["centers"].shape == (4, tiny_clip.text_projection.shape[1])
+
+    calls = []
+    real_build = tse.build_bank
+    monkeypatch.setattr(tse, "build_bank", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    again = _bank(tiny_clip, tmp_path, descriptions)
+    assert calls == [] and torch.equal(again["centers"], first["centers"])
+
+    write_descriptions(descriptions, extra=" with a twist")
+    changed = _bank(tiny_clip, tmp_path, descriptions)
+    assert calls == [1] and changed["descriptions_sha256"] != first["descriptions_sha256"]
+
+    other_k = _bank(tiny_clip, tmp_path, descriptions, k=5)
+    assert calls == [1, 1] and other_k["centers"].shape[0] == 5
+
+
+def test_bank_rebuilt_for_other_weights(tiny_clip, tmp_path):
+    import copy
+
+    descriptions = write_descriptions(tmp_path / "d.json")
+    first = _bank(tiny_clip, tmp_path, descriptions)
+    other = copy.deepcopy(tiny_clip)
+    with torch.no_grad():
+        other.text_projection.mul_(2)
+    rebuilt = _bank(other, tmp_path, descriptions)
+    assert rebuilt["clip_fingerprint"] != first["clip_fingerprint"]
+
+
+def test_existing_bank_file_is_used_as_is_and_checked(tiny_clip, tmp_path):
+    D = tiny_clip.text_projection.shape[1]
+    path = tmp_path / "given.pt"
+    tse.save_bank({"centers": torch.randn(4, D)}, path)
+    bank = _bank(tiny_clip, tmp_path, tmp_path / "no-descriptions-needed.json", bank_path=str(path))
+    assert bank["centers"].shape == (4, D)
+    with pytest.raises(tse.KnowledgeBankError, match="has 4 attribute centres but tse.num_clusters=7"):
+        _bank(tiny_clip, tmp_path, tmp_path / "x.json", k=7, bank_path=str(path))
+    tse.save_bank({"centers": torch.randn(4, D + 1)}, path)
+    with pytest.raises(tse.KnowledgeBankError, match="built for another CLIP"):
+        _bank(tiny_clip, tmp_path, tmp_path / "x.json", bank_path=str(path))
+    tse.save_bank({"centers": torch.randn(4, D), "clip_fingerprint": "0" * 32}, path)
+    with pytest.raises(tse.KnowledgeBankError, match="other CLIP weights"):
+        _bank(tiny_clip, tmp_path, tmp_path / "x.json", bank_path=str(path))
+
+
+def test_column_wise_bank_list_is_accepted(tmp_path):
+    centers = torch.randn(6, 8)
+    path = tmp_path / "list_bank.pt"
+    torch.save([centers.T.contiguous(), torch.zeros(3, 6)], path)
+    torch.testing.assert_close(tse.read_bank(path)["centers"], centers)
+
+
+def test_too_many_clusters_is_a_clear_error(tiny_clip, tmp_path):
+    descriptions = write_descriptions(tmp_path / "d.json")
+    with pytest.raises(tse.KnowledgeBankError, match="tse.num_clusters=50 is larger than the number of descriptions"):
+        _bank(tiny_clip, tmp_path, descriptions, k=50)
