@@ -130,8 +130,13 @@ class DenseCLIPEncoder(nn.Module):
         return per_head.sum(dim=1)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> DenseOutput:
-        """B×3×H×W (normalised) → :class:`DenseOutput`."""
+    def forward(self, images: torch.Tensor, calibrate: bool = True) -> DenseOutput:
+        """B×3×H×W (normalised) → :class:`DenseOutput`.
+
+        With `calibrate=False` the SVC stream is skipped (for callers that only need the recorded maps
+        and layer outputs, e.g. the decoder at inference): `tokens` are then CLIP's ordinary tokens.
+        """
+        calibrate = calibrate and self.svc_enabled
         x, grid = self.embed(images)
         blocks = self.visual.transformer.resblocks
         first_svc = len(blocks) - self.svc_layers
@@ -148,12 +153,12 @@ class DenseCLIPEncoder(nn.Module):
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
             attn_maps.append(attn.sum(dim=1) if svc else attn.mean(dim=1))
             layer_outputs.append(x)
-            if svc and self.svc_enabled:
+            if svc and calibrate:
                 calib = self.calibration_attention(q, k, v)
                 x_s = x_s + out_proj(self._merge(calib.unsqueeze(1) @ v))
                 values = self._merge(v)[:, 1:] @ out_proj.weight.T
                 lvc_values = values if lvc_values is None else lvc_values + values
-        if self.svc_enabled:
+        if calibrate:
             x_s = torch.cat([x[:, :1], x_s[:, 1:]], dim=1)
             tokens = self.project(x_s)
         else:

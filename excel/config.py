@@ -107,6 +107,7 @@ DEFAULTS: dict[str, Any] = {
         "resize": 320,
         "scales": [0.7, 1.0, 1.2, 1.5],
         "flip": True,
+        "flip_unit_scale": False,           # also flip at scale 1.0 (the published COCO evaluation does)
         "save_overlays": False,
         "logit_stride": 4,                  # logits kept for the CRF at 1/stride resolution
     },

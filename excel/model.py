@@ -62,7 +62,7 @@ class ExCEL(nn.Module):
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Decoder logits B×(C+1)×h×w for B×3×H×W normalised images."""
-        dense = self.encoder(images)
+        dense = self.encoder(images, calibrate=False)
         return self.head(dense.layer_outputs, dense.grid)[1]
 
 

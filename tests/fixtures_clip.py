@@ -36,3 +36,16 @@ def tiny_clip(tiny_clip_files):
 
     config, checkpoint = tiny_clip_files
     return load_clip("tiny-clip-test", str(checkpoint), model_config=str(config))
+
+
+def tiny_overrides(clip_files, cache_dir, **extra) -> list[str]:
+    """Config overrides that run the pipeline on the tiny CLIP with small head and a small bank."""
+    config, checkpoint = clip_files
+    values = {
+        "clip.model_config": config, "clip.pretrained": checkpoint, "tse.num_clusters": 8,
+        "tse.cache_dir": cache_dir, "head.adapter_dim": 32, "head.adapter_hidden": 32, "head.decoder_heads": 4,
+        "cam.input_size": 64, "infer.resize": 64, "train.crop_size": 64, "par.iters": 3, "device": "cpu",
+        "train.num_workers": 0,
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]

@@ -1,0 +1,128 @@
+"""Checkpoint files: atomic saving, loading with clear errors, and restoring the trainable head.
+
+A training checkpoint is a dict ``{'head': head state dict, 'optimizer', 'scheduler', 'iteration',
+'rng', 'config' (YAML text), 'num_classes'}``. Only the head is ever stored: the frozen CLIP
+backbone is rebuilt from its own weights. :func:`load_head_weights` also accepts a bare head state
+dict and state dicts written by multi-GPU runs (keys prefixed with ``module.``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the configured model."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """``torch.save`` ``state`` to ``path`` through a temporary file in the same folder.
+
+    The file at ``path`` is replaced only once the new one is completely written, so a failed
+    write (full disk, interrupted job) leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(dict(state), tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict onto the CPU.
+
+    Loading is restricted to tensors and plain Python containers (``weights_only=True``), so a
+    checkpoint file cannot run code; the training checkpoints of this project hold nothing else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle errors, wrong format: all mean "unreadable"
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(err).__name__}: {reason}); the file is "
+                              "corrupt, not a PyTorch checkpoint, or holds objects other than tensors and "
+                              "plain Python containers") from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict "
+                              "(a training checkpoint or a head state dict)")
+    return state
+
+
+def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {key.removeprefix(prefix): value for key, value in state.items()}
+
+
+def head_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The head's state dict out of a training checkpoint, a full-model or a bare head state dict.
+
+    ``module.`` prefixes (DistributedDataParallel) are removed; for a full-model state dict the
+    ``head.`` entries are kept (without the prefix) and the backbone entries dropped.
+    """
+    head = state["head"] if isinstance(state.get("head"), Mapping) else state
+    head = _strip_prefix(head, "module.")
+    if any(key.startswith("head.") for key in head):
+        head = {key.removeprefix("head."): value for key, value in head.items() if key.startswith("head.")}
+        head = _strip_prefix(head, "module.")
+    return head
+
+
+def _checkpoint_num_classes(state: Mapping[str, Any], head: Mapping[str, torch.Tensor],
+                            classifier_key: str) -> int | None:
+    """Foreground classes the checkpoint was trained for (recorded, else from the classifier)."""
+    if state.get("num_classes") is not None:
+        return int(state["num_classes"])
+    weight = head.get(classifier_key)
+    return int(weight.shape[0]) - 1 if isinstance(weight, torch.Tensor) else None
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_head_state(head: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                      source: str) -> None:
+    missing = sorted(set(expected) - set(head))
+    unexpected = sorted(set(head) - set(expected))
+    wrong_shape = sorted(f"{k} {_shape(head[k])} vs {_shape(expected[k])}" for k in set(expected) & set(head)
+                         if _shape(head[k]) != _shape(expected[k]))
+    if missing or unexpected or wrong_shape:
+        details = [f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})"
+                   for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                       ("with a different shape (checkpoint vs model)", wrong_shape))
+                   if keys]
+        raise CheckpointError(f"checkpoint {source} does not fit the configured head: {'; '.join(details)}. "
+                              "Use the config the checkpoint was trained with (head.*, clip.model).")
+
+
+def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
+                      source: str | None = None,
+                      classifier_key: str = "decoder.classifier.weight") -> dict[str, Any]:
+    """Load the trainable head of ``model`` (an :class:`excel.model.ExCEL`) from a checkpoint.
+
+    ``checkpoint`` is a file path or an already loaded dict (``source``: its file name, for
+    error messages). Raises :class:`CheckpointError` naming the checkpoint when its class count
+    or any tensor shape disagrees with the model. Returns the checkpoint dict (for its metadata
+    such as ``iteration``).
+    """
+    if source is None:
+        source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "(given state dict)"
+    state = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else dict(checkpoint)
+    head = head_state_dict(state)
+    trained_for = _checkpoint_num_classes(state, head, classifier_key)
+    if trained_for is not None and trained_for != model.num_classes:
+        raise CheckpointError(f"checkpoint {source} was trained for {trained_for} classes but "
+                              f"dataset.num_classes={model.num_classes}; use the matching dataset config")
+    _check_head_state(head, model.head.state_dict(), source)
+    model.head.load_state_dict(head)
+    return state

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Pseudo labels for a split with torchrun, one process per GPU (CPU processes with gloo when no GPU is usable).
+#
+#   bash infer_lam.sh tools/infer_lam.py [gpu_devices] [gpu_number] [split] [checkpoint] [key=value ...]
+#
+#   gpu_devices  CUDA_VISIBLE_DEVICES (default 0)      gpu_number  processes (default 1)
+#   split        split list (default train)            checkpoint  trained head ("" or absent: training-free)
+# Environment: PYTHON (default: .venv/bin/python when present, else python), MASTER_PORT (default: a free port).
+set -euo pipefail
+[ $# -ge 1 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+SCRIPT=$1
+GPU_DEVICES=${2:-0}
+GPU_NUMBER=${3:-1}
+SPLIT=${4:-train}
+CHECKPOINT=${5:-}
+shift $(( $# < 5 ? $# : 5 ))
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+
+ARGS=("dataset.split=$SPLIT")
+[ -z "$CHECKPOINT" ] || ARGS=(--checkpoint "$CHECKPOINT" "${ARGS[@]}")
+if command -v nvidia-smi >/dev/null 2>&1 \
+    && CUDA_VISIBLE_DEVICES=$GPU_DEVICES "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+    export CUDA_VISIBLE_DEVICES=$GPU_DEVICES
+else
+    echo "no usable GPU: running $GPU_NUMBER CPU process(es) with gloo" >&2
+    ARGS+=(device=cpu)
+fi
+MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")}
+
+exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
+    "$SCRIPT" "${ARGS[@]}" "$@"

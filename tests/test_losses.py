@@ -1,0 +1,75 @@
+"""Losses and the learning-rate schedule against direct computations of SPEC §8."""
+import math
+
+import pytest
+import torch
+
+from excel.losses import aff_loss, affinity_targets, radius_mask, seg_loss
+from excel.schedule import build_optimizer, build_scheduler
+
+
+def test_seg_loss_balances_background_and_foreground():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6)
+    labels = torch.randint(0, 4, (2, 5, 6))
+    labels[0, 0, :3] = 255
+    bg, fg = [], []
+    for b in range(2):
+        for y in range(5):
+            for x in range(6):
+                lab = int(labels[b, y, x])
+                if lab == 255:
+                    continue
+                ce = -torch.log_softmax(logits[b, :, y, x], 0)[lab]
+                (bg if lab == 0 else fg).append(ce)
+    expected = 0.5 * (sum(bg) / (len(bg) + 1e-6) + sum(fg) / (len(fg) + 1e-6))
+    torch.testing.assert_close(seg_loss(logits, labels), expected)
+
+
+def test_aff_loss_with_radius_and_ignored_positions():
+    torch.manual_seed(0)
+    h, w, radius = 4, 5, 1
+    labels = torch.randint(0, 3, (2, h * 2, w * 2))
+    labels[1, 0:2, 0:2] = 255
+    aff = torch.rand(2, h * w, h * w)
+    small = labels[:, ::2, ::2].flatten(1)                     # nearest downsampling by 2
+    pos_sum = neg_sum = 0.0
+    n_pos = n_neg = 0
+    for b in range(2):
+        for i in range(h * w):
+            for j in range(h * w):
+                yi, xi, yj, xj = i // w, i % w, j // w, j % w
+                if max(abs(yi - yj), abs(xi - xj)) > radius or 255 in (small[b, i], small[b, j]):
+                    continue
+                if small[b, i] == small[b, j]:
+                    pos_sum += 1 - aff[b, i, j]
+                    n_pos += 1
+                else:
+                    neg_sum += aff[b, i, j]
+                    n_neg += 1
+    expected = 0.5 * pos_sum / (n_pos + 1) + 0.5 * neg_sum / (n_neg + 1)
+    positives, negatives = affinity_targets(labels, (h, w), radius)
+    torch.testing.assert_close(aff_loss(aff, positives, negatives), torch.as_tensor(expected))
+
+
+def test_radius_mask_is_chebyshev_and_cached():
+    mask = radius_mask(20, 20, 8, torch.device("cpu"))
+    assert mask[0, 8] and mask[0, 8 * 20 + 8] and not mask[0, 9] and not mask[0, 9 * 20]
+    assert radius_mask(20, 20, 8, torch.device("cpu")) is mask
+
+
+@pytest.mark.parametrize("it,expected", [
+    (0, 1e-3 * 1e-6),
+    (25, 1e-3 * (1 - 0.5 * (1 - 1e-6))),
+    (50, 1e-3 * (1 - 50 / 30000)),
+    (15000, 1e-3 * 0.5),
+    (29999, 1e-3 * (1 / 30000)),
+])
+def test_lr_schedule_values(it, expected):
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([param], 1e-3, 0.01, (0.9, 0.999), 1e-8)
+    sched = build_scheduler(opt, 30000, 50, 1e-6, 1.0)
+    for _ in range(it):
+        opt.step()
+        sched.step()
+    assert math.isclose(opt.param_groups[0]["lr"], expected, rel_tol=1e-9)

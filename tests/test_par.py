@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from excel.par import PAR
+
+
+def _resize_align_corners(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Plain bilinear resize with align_corners=True: C×Hi×Wi → C×H×W."""
+    channels, in_h, in_w = image.shape
+    out = np.zeros((channels, height, width))
+    for y in range(height):
+        sy = y * (in_h - 1) / (height - 1) if height > 1 else 0.0
+        y0 = int(math.floor(sy))
+        y1 = min(y0 + 1, in_h - 1)
+        fy = sy - y0
+        for x in range(width):
+            sx = x * (in_w - 1) / (width - 1) if width > 1 else 0.0
+            x0 = int(math.floor(sx))
+            x1 = min(x0 + 1, in_w - 1)
+            fx = sx - x0
+            top = image[:, y0, x0] * (1 - fx) + image[:, y0, x1] * fx
+            bottom = image[:, y1, x0] * (1 - fx) + image[:, y1, x1] * fx
+            out[:, y, x] = top * (1 - fy) + bottom * fy
+    return out
+
+
+def _reference_par(image, masks, dilations, num_iter, temperature=0.3, position_weight=0.01):
+    """SPEC §5 PAR written pixel by pixel for one image: image C×Hi×Wi, masks K×H×W (numpy)."""
+    _, height, width = masks.shape
+    image = _resize_align_corners(image, height, width)
+    neighbours = []
+    for d in dilations:
+        for dy, dx in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)]:
+            distance = d * math.sqrt(2) if dy and dx else d
+            neighbours.append((dy, dx, distance))
+    count = len(neighbours)
+
+    def value(array, y, x):  # replicate padding
+        return array[:, min(max(y, 0), height - 1), min(max(x, 0), width - 1)]
+
+    distances = np.array([n[2] for n in neighbours])
+    position = -(distances / (np.std(distances, ddof=1) + 1e-8) / temperature) ** 2
+    position = np.exp(position - position.max())
+    position /= position.sum()
+
+    weights = np.zeros((height, width, count))
+    for y in range(height):
+        for x in range(width):
+            nb = np.stack([value(image, y + dy, x + dx) for dy, dx, _ in neighbours], axis=1)  # C×M
+            std = nb.std(axis=1, ddof=1, keepdims=True)
+            color = -(np.abs(nb - image[:, y, x][:, None]) / (std + 1e-8) / temperature) ** 2
+            color = color.mean(axis=0)
+            color = np.exp(color - color.max())
+            weights[y, x] = color / color.sum() + position_weight * position
+
+    for _ in range(num_iter):
+        new = np.zeros_like(masks)
+        for y in range(height):
+            for x in range(width):
+                for n, (dy, dx, _) in enumerate(neighbours):
+                    new[:, y, x] += weights[y, x, n] * value(masks, y + dy, x + dx)
+        masks = new
+    return masks
+
+
+@pytest.mark.parametrize("image_size", [(9, 11), (6, 5)])
+def test_par_matches_pixel_loop_reference(image_size):
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, *image_size, generator=generator, dtype=torch.float64)
+    masks = torch.rand(2, 2, 9, 11, generator=generator, dtype=torch.float64)
+    dilations = (1, 2, 4, 8, 12, 24)  # 12 and 24 reach past the 9×11 maps
+    par = PAR(dilations=dilations, num_iter=3).to(torch.float64)
+    out = par(image, masks)
+    assert out.shape == masks.shape
+    for b in range(2):
+        expected = _reference_par(image[b].numpy(), masks[b].numpy(), dilations, num_iter=3)
+        np.testing.assert_allclose(out[b].numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_par_float32_with_other_constants():
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 3, 9, 11, generator=generator)
+    masks = torch.rand(1, 3, 9, 11, generator=generator)
+    par = PAR(dilations=(1, 3), num_iter=2, color_temperature=0.5, position_temperature=0.5, position_weight=0.1)
+    expected = _reference_par(image[0].double().numpy(), masks[0].double().numpy(), (1, 3), 2,
+                              temperature=0.5, position_weight=0.1)
+    np.testing.assert_allclose(par(image, masks)[0].numpy(), expected, atol=1e-5)
+
+
+def test_par_weights_sum_and_constant_maps():
+    par = PAR(num_iter=20)
+    image = torch.rand(2, 3, 16, 16)
+    affinity = par.affinity(image)
+    assert affinity.shape == (2, 48, 16, 16)
+    torch.testing.assert_close(affinity.sum(dim=1), torch.full((2, 16, 16), 1.01))
+    constant = torch.ones(2, 4, 16, 16)
+    torch.testing.assert_close(par(image, constant), torch.full_like(constant, 1.01 ** 20))
+
+
+def test_par_position_kernel_is_a_buffer():
+    par = PAR()
+    assert "position_affinity" in dict(par.named_buffers())
+    assert par.position_affinity.numel() == 48
+    assert "position_affinity" not in par.state_dict()
+    assert not torch.allclose(PAR(position_temperature=0.5).position_affinity, par.position_affinity)
+
+
+def test_par_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="par.dilations"):
+        PAR(dilations=(1, 0))
+    with pytest.raises(ValueError, match="same B"):
+        PAR()(torch.rand(2, 3, 8, 8), torch.rand(1, 2, 8, 8))

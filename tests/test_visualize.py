@@ -1,0 +1,80 @@
+"""VOC palette, palette PNGs, colour label maps and heat-map overlays."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from excel.visualize import cam_overlay, colorize, label_overlay, save_label_png, voc_palette
+
+
+def reference_palette() -> list[tuple[int, int, int]]:
+    """The VOC colour map: bit b of channel c of entry i is bit (3·k + c) of i, placed at bit 7 − k."""
+    colours = []
+    for index in range(256):
+        rgb = [0, 0, 0]
+        for k in range(8):
+            for channel in range(3):
+                if index & (1 << (3 * k + channel)):
+                    rgb[channel] |= 1 << (7 - k)
+        colours.append(tuple(rgb))
+    return colours
+
+
+def test_voc_palette():
+    palette = voc_palette()
+    assert palette.shape == (256, 3) and palette.dtype == np.uint8
+    assert [tuple(map(int, c)) for c in palette] == reference_palette()
+    assert tuple(palette[0]) == (0, 0, 0) and tuple(palette[1]) == (128, 0, 0)
+    assert tuple(palette[15]) == (192, 128, 128) and tuple(palette[255]) == (224, 224, 192)
+
+
+def test_save_label_png_round_trip(tmp_path):
+    label = np.array([[0, 1, 2], [20, 255, 7]], dtype=np.int64)
+    path = tmp_path / "out" / "x.png"
+    save_label_png(label, path)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), label)
+        assert np.array_equal(np.array(image.getpalette()[:768]).reshape(256, 3), voc_palette())
+    assert [p.name for p in path.parent.iterdir()] == ["x.png"]
+
+
+def test_save_label_png_custom_palette_and_bad_input(tmp_path):
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[3] = (1, 2, 3)
+    save_label_png(np.full((2, 2), 3), tmp_path / "c.png", palette)
+    with Image.open(tmp_path / "c.png") as image:
+        assert image.getpalette()[9:12] == [1, 2, 3]
+    with pytest.raises(ValueError, match="H×W"):
+        save_label_png(np.zeros((2, 2, 3)), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="0..255"):
+        save_label_png(np.array([[256]]), tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_colorize_and_label_overlay():
+    label = np.array([[0, 1], [15, 255]])
+    colours = colorize(label)
+    palette = reference_palette()
+    for y in range(2):
+        for x in range(2):
+            assert tuple(colours[y, x]) == palette[label[y, x]]
+    image = np.full((2, 2, 3), 100, dtype=np.uint8)
+    np.testing.assert_array_equal(label_overlay(image, label, alpha=1.0), colours)
+    np.testing.assert_array_equal(label_overlay(image, label, alpha=0.0), image)
+    half = label_overlay(image, label, alpha=0.5).astype(int)
+    assert np.abs(half - (image.astype(int) + colours) / 2).max() <= 1
+
+
+def test_cam_overlay():
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    image[:, :3] = 200
+    cam = np.zeros((4, 6))
+    cam[:, 3:] = 1.0
+    heat = cam_overlay(image, cam, alpha=1.0)
+    assert heat.shape == (4, 6, 3) and heat.dtype == np.uint8
+    cold, hot = heat[0, 0].astype(int), heat[0, 5].astype(int)
+    assert cold[2] > 100 and cold[0] == 0          # jet: 0 → dark blue
+    assert hot[0] > 100 and hot[2] == 0            # jet: 1 → dark red
+    np.testing.assert_array_equal(cam_overlay(image, cam, alpha=0.0), image)
+    with pytest.raises(ValueError, match="image must be H×W×3"):
+        cam_overlay(image[:2], cam)
