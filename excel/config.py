@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
         "val_split": "val",
         "split": "train",                   # the split an inference tool reads
         "num_classes": 20,                  # foreground classes
+        "class_file": None,                 # custom datasets: one class a line, "name" or "name: prompt name"
         "categories": VOC_CATEGORIES,       # plain names: tables, palettes, description keys
         "class_names": VOC_CATEGORIES,      # prompt names given to the text encoder
         "background_names": [],
@@ -194,8 +195,39 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             cfg.merge_with_dotlist([item])
         except (ConfigAttributeError, ConfigKeyError) as err:
             raise _key_error(key, "the command line") from err
+    if cfg.dataset.class_file:
+        apply_class_file(cfg, Path(cfg.dataset.class_file))
     validate_config(cfg)
     return cfg
+
+
+def read_class_file(path: Path) -> tuple[list[str], list[str]]:
+    """Category names and prompt names from a class file: one class a line, `name` or `name: prompt name`."""
+    if not path.is_file():
+        raise ConfigError(f"dataset.class_file: file not found: {path}")
+    categories, prompts = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, prompt = (part.strip() for part in line.partition(":"))
+        if not name:
+            raise ConfigError(f"dataset.class_file: {path}, line {number}: empty class name")
+        if name in categories:
+            raise ConfigError(f"dataset.class_file: {path}, line {number}: class {name!r} is listed twice")
+        categories.append(name)
+        prompts.append(prompt or name)
+    if not categories:
+        raise ConfigError(f"dataset.class_file: {path} lists no class")
+    return categories, prompts
+
+
+def apply_class_file(cfg: DictConfig, path: Path) -> None:
+    """Set dataset.categories, dataset.class_names and dataset.num_classes from a class file."""
+    categories, prompts = read_class_file(path)
+    cfg.dataset.categories = categories
+    cfg.dataset.class_names = prompts
+    cfg.dataset.num_classes = len(categories)
 
 
 def validate_config(cfg: DictConfig) -> None:

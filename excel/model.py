@@ -14,7 +14,9 @@ from excel.clip_loader import clip_tokenizer, load_clip, register_model_config
 from excel.config import as_list
 from excel.head import ExCELHead
 from excel.lvc import lvc_shift
-from excel.text_enrichment import class_embeddings, load_or_build_bank, text_matrix
+from excel.descriptions import load_descriptions
+from excel.text_enrichment import (build_bank, class_embeddings, load_or_build_bank, save_bank, shared_cluster_sets,
+                                   text_matrix)
 
 
 @dataclass
@@ -66,9 +68,40 @@ class ExCEL(nn.Module):
         return self.head(dense.layer_outputs, dense.grid)[1]
 
 
+def clip_model_name(cfg: DictConfig) -> str:
+    """The open_clip model name: the stem of clip.model_config when one is given, else clip.model."""
+    return Path(cfg.clip.model_config).stem if cfg.clip.model_config else cfg.clip.model
+
+
+def bank_cache_path(cfg: DictConfig) -> Path:
+    """Where a run caches the knowledge-base bank it builds (when tse.bank is not given)."""
+    return Path(cfg.tse.cache_dir) / f"{cfg.dataset.name}_{clip_model_name(cfg)}_K{cfg.tse.num_clusters}_bank.pt"
+
+
+def load_clip_from_config(cfg: DictConfig, device: torch.device | str = "cpu") -> nn.Module:
+    if cfg.clip.model_config:
+        register_model_config(cfg.clip.model_config)
+    return load_clip(clip_model_name(cfg), cfg.clip.pretrained, cfg.clip.quick_gelu, device=device)
+
+
+def build_knowledge_base(cfg: DictConfig, out: str | None = None) -> Path:
+    """Build the bank from tse.descriptions with the configured CLIP and save it (tools/build_knowledge_base.py)."""
+    path = Path(out or cfg.tse.bank or bank_cache_path(cfg))
+    clip_model = load_clip_from_config(cfg)
+    tokenizer = clip_tokenizer(clip_model_name(cfg))
+    descriptions = load_descriptions(cfg.tse.descriptions, as_list(cfg.dataset.categories))
+    bank = build_bank(clip_model, tokenizer, descriptions, cfg.tse.num_clusters, cfg.tse.kmeans_seed)
+    save_bank(bank, path)
+    print(f"wrote {path}: {bank['centers'].shape[0]} attribute centres of dimension {bank['embed_dim']} "
+          f"from {sum(map(len, descriptions.values()))} descriptions of {len(descriptions)} classes")
+    for names in shared_cluster_sets(bank):
+        print(f"warning: identical attribute-cluster sets for {', '.join(names)}; consider a larger tse.num_clusters")
+    return path
+
+
 def build_text_matrix(cfg: DictConfig, clip_model: nn.Module) -> torch.Tensor:
     """[enriched foreground; background] text embeddings T×D from the config (SPEC §3)."""
-    model_name = Path(cfg.clip.model_config).stem if cfg.clip.model_config else cfg.clip.model
+    model_name = clip_model_name(cfg)
     tokenizer = clip_tokenizer(model_name)
     templates = as_list(cfg.clip.templates)
     foreground = class_embeddings(clip_model, tokenizer, as_list(cfg.dataset.class_names), templates)
@@ -77,8 +110,7 @@ def build_text_matrix(cfg: DictConfig, clip_model: nn.Module) -> torch.Tensor:
                   else foreground.new_zeros(0, foreground.shape[1]))
     centers = None
     if cfg.tse.enabled:
-        cache = Path(cfg.tse.cache_dir) / f"{cfg.dataset.name}_{model_name}_K{cfg.tse.num_clusters}_bank.pt"
-        bank = load_or_build_bank(clip_model, tokenizer, bank_path=cfg.tse.bank, cache_path=cache,
+        bank = load_or_build_bank(clip_model, tokenizer, bank_path=cfg.tse.bank, cache_path=bank_cache_path(cfg),
                                   descriptions_path=cfg.tse.descriptions, class_keys=as_list(cfg.dataset.categories),
                                   num_clusters=cfg.tse.num_clusters, seed=cfg.tse.kmeans_seed)
         centers = bank["centers"]
@@ -87,10 +119,7 @@ def build_text_matrix(cfg: DictConfig, clip_model: nn.Module) -> torch.Tensor:
 
 def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
     """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
-    if cfg.clip.model_config:
-        register_model_config(cfg.clip.model_config)
-    model_name = Path(cfg.clip.model_config).stem if cfg.clip.model_config else cfg.clip.model
-    clip_model = load_clip(model_name, cfg.clip.pretrained, cfg.clip.quick_gelu, device=device)
+    clip_model = load_clip_from_config(cfg, device)
     text = build_text_matrix(cfg, clip_model)
     encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled)
     h = cfg.head

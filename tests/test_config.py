@@ -66,3 +66,17 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config(CONFIGS / "voc.yaml", ["train.seed=3"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_class_file_sets_classes(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# my dataset\nkettle\nteapot: teapot, teakettle\n\nmug\n")
+    cfg = load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={classes}"])
+    assert cfg.dataset.num_classes == 3
+    assert list(cfg.dataset.categories) == ["kettle", "teapot", "mug"]
+    assert list(cfg.dataset.class_names) == ["kettle", "teapot, teakettle", "mug"]
+    classes.write_text("kettle\nkettle\n")
+    with pytest.raises(ConfigError, match="line 2: class 'kettle' is listed twice"):
+        load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={classes}"])
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={tmp_path / 'none.txt'}"])
