@@ -4,7 +4,7 @@
 #   bash run_train.sh scripts/train_voc.py [gpu_devices] [gpu_number] [master_port] [tag] [key=value ...]
 #
 #   gpu_devices  CUDA_VISIBLE_DEVICES, e.g. 0,1 (default 0)     gpu_number   processes per node (default 1)
-#   master_port  rendezvous port (default 29501)                  tag          run name: work_dir=work_dirs/<dataset>_<tag>
+#   master_port  rendezvous port (default: a free port; give one for multi-node runs)                  tag          run name: work_dir=work_dirs/<dataset>_<tag>
 # Multi-node: set NNODES, NODE_RANK and MASTER_ADDR (same command on every node).
 # Environment: PYTHON (default: .venv/bin/python when present, else python).
 set -euo pipefail
@@ -13,12 +13,16 @@ set -euo pipefail
 SCRIPT=$1
 GPU_DEVICES=${2:-0}
 GPU_NUMBER=${3:-1}
-MASTER_PORT=${4:-29501}
+MASTER_PORT=${4:-}
 TAG=${5:-}
 shift $(( $# < 5 ? $# : 5 ))
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+
+if [ -z "$MASTER_PORT" ]; then
+    MASTER_PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")
 fi
 
 EXTRA=()

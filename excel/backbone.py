@@ -49,9 +49,14 @@ class DenseCLIPEncoder(nn.Module):
         visual: ``clip_model.visual`` of an open_clip CLIP with a ViT image tower.
         svc_layers: number of final blocks that run Static Visual Calibration.
         svc_enabled: when False the tokens P are CLIP's ordinary output tokens.
+        published_layer_records: record the layer outputs as the published code ends up holding them.
+            Its SVC blocks update tensors in place after they were recorded: the output of block
+            L−S becomes the final calibrated stream, and the outputs of blocks L−S+1..L−1 gain the
+            attention output of the next block. Off (default): every record is the clean x_o (SPEC §2).
     """
 
-    def __init__(self, visual: nn.Module, svc_layers: int = 5, svc_enabled: bool = True):
+    def __init__(self, visual: nn.Module, svc_layers: int = 5, svc_enabled: bool = True,
+                 published_layer_records: bool = False):
         super().__init__()
         blocks = visual.transformer.resblocks
         if not 0 < svc_layers <= len(blocks):
@@ -59,6 +64,7 @@ class DenseCLIPEncoder(nn.Module):
         self.visual = visual
         self.svc_layers = svc_layers
         self.svc_enabled = svc_enabled
+        self.published_layer_records = published_layer_records and svc_enabled
         self.patch_size = visual.conv1.kernel_size[0]
         self.num_heads = blocks[0].attn.num_heads
         pos = visual.positional_embedding.detach()
@@ -135,8 +141,9 @@ class DenseCLIPEncoder(nn.Module):
 
         With `calibrate=False` the SVC stream is skipped (for callers that only need the recorded maps
         and layer outputs, e.g. the decoder at inference): `tokens` are then CLIP's ordinary tokens.
+        The published layer records need the SVC stream, so they keep it on.
         """
-        calibrate = calibrate and self.svc_enabled
+        calibrate = (calibrate or self.published_layer_records) and self.svc_enabled
         x, grid = self.embed(images)
         blocks = self.visual.transformer.resblocks
         first_svc = len(blocks) - self.svc_layers
@@ -149,7 +156,10 @@ class DenseCLIPEncoder(nn.Module):
             q, k, v = self._qkv(block, x)
             attn = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
             out_proj = block.attn.out_proj
-            x = x + block.ls_1(out_proj(self._merge(attn @ v)))
+            attn_out = block.ls_1(out_proj(self._merge(attn @ v)))
+            if svc and index > first_svc and self.published_layer_records:
+                layer_outputs[-1] = layer_outputs[-1] + attn_out
+            x = x + attn_out
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
             attn_maps.append(attn.sum(dim=1) if svc else attn.mean(dim=1))
             layer_outputs.append(x)
@@ -161,6 +171,8 @@ class DenseCLIPEncoder(nn.Module):
         if calibrate:
             x_s = torch.cat([x[:, :1], x_s[:, 1:]], dim=1)
             tokens = self.project(x_s)
+            if self.published_layer_records:
+                layer_outputs[first_svc - 1] = x_s
         else:
             x_s, tokens = None, self.project(x)
         return DenseOutput(tokens=tokens, attn_maps=torch.stack(attn_maps), layer_outputs=torch.stack(layer_outputs),

@@ -51,7 +51,11 @@ DEFAULTS: dict[str, Any] = {
         "bank": None,                       # existing bank file used as is; else cached in cache_dir
         "cache_dir": "work_dirs/cache",
     },
-    "svc": {"enabled": True, "layers": 5},
+    "svc": {
+        "enabled": True,
+        "layers": 5,
+        "published_layer_records": False,   # adapter inputs as the published code's in-place updates leave them
+    },
     "lvc": {
         "enabled": True,
         "start_iter": 14000,
@@ -110,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
         "flip": True,
         "flip_unit_scale": False,           # also flip at scale 1.0 (the published COCO evaluation does)
         "save_overlays": False,
-        "logit_stride": 4,                  # logits kept for the CRF at 1/stride resolution
+        "logit_stride": 1,                  # logits kept for the CRF at 1/stride resolution (4 saves memory)
     },
     "crf": {
         "enabled": True,

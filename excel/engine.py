@@ -86,8 +86,8 @@ class EpochAwareDataset(Dataset):
 
 
 def quantised_crop(images: torch.Tensor, normalization: str) -> torch.Tensor:
-    """Normalised crops B×3×H×W → the image PAR sees in training: uint8-quantised, divided by 255."""
-    return denormalize(images, normalization).round().clamp(0, 255) / 255
+    """Normalised crops B×3×H×W → the image PAR sees in training: cast to uint8 (truncating), divided by 255."""
+    return denormalize(images, normalization).clamp(0, 255).to(torch.uint8) / 255
 
 
 def dataset_from_config(cfg: DictConfig, split: str, transform, with_mask="auto") -> SegmentationDataset:

@@ -121,7 +121,7 @@ def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
     """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
     clip_model = load_clip_from_config(cfg, device)
     text = build_text_matrix(cfg, clip_model)
-    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled)
+    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records)
     h = cfg.head
     head = ExCELHead(encoder.num_layers, clip_model.visual.conv1.out_channels, cfg.dataset.num_classes,
                      adapter_hidden=h.adapter_hidden, adapter_dim=h.adapter_dim, dropout=h.dropout,

@@ -23,6 +23,7 @@ from excel import distributed as dist
 from excel.checkpoint import load_head_weights
 from excel.config import as_list, save_config
 from excel.data import SegmentationDataset, atomic_write
+from excel.head import decoder_affinity
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.model import ExCEL, build_model
 from excel.par import PAR
@@ -77,7 +78,8 @@ def predict_image(model: ExCEL, image: torch.Tensor, cls_label: torch.Tensor, la
         out = model(torch.cat([inputs, inputs.flip(-1)]) if mode == "checkpoint" else inputs)
         dense = out.dense
     layer_aff = last_layers_affinity(dense.attn_maps[:, :1], affinity_layers)
-    decoder_aff = None if mode == "training_free" else out.affinity[:1]
+    # Â of the image alone: its mean is over this image's similarities, not the [image, flip] pair's.
+    decoder_aff = None if mode == "training_free" else decoder_affinity(out.features[:1], model.head.affinity_scale)
     cams = _flip_merged_cams(model, out) if mode == "checkpoint" else model.static_cams(dense)[:1]
     label = pseudo_labels(cams, cls_label, layer_aff, inputs, label_size, box_threshold, par, decoder_aff)[0]
     decoder = None

@@ -136,3 +136,49 @@ def test_backbone_is_frozen_and_stays_in_eval(tiny_clip):
     encoder.train()
     assert not encoder.training and not tiny_clip.visual.training
     assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def aliased_records(visual, images, svc_layers=5):
+    """The published dual-path forward with its in-place updates, recording tensors (not copies) per block."""
+    blocks = visual.transformer.resblocks
+    heads = blocks[0].attn.num_heads
+    x, _ = DenseCLIPEncoder(visual).embed(images)
+    records, x_ori = [], None
+    for i, block in enumerate(blocks):
+        source = x_ori if x_ori is not None else x
+        y = block.ln_1(source)
+        q, k, v = (y @ block.attn.in_proj_weight.T + block.attn.in_proj_bias).chunk(3, dim=-1)
+        d = q.shape[-1] // heads
+        split = [tuple(t[..., h * d:(h + 1) * d] for t in (q, k, v)) for h in range(heads)]
+        ori, calib_sum = [], 0
+        for qh, kh, vh in split:
+            ori.append(torch.softmax(qh @ kh.transpose(1, 2) / d ** 0.5, -1) @ vh)
+            calib_sum = calib_sum + sum(torch.softmax(t @ t.transpose(1, 2) / d ** 0.5, -1) for t in (qh, kh, vh)) / 3
+        ori_res = block.attn.out_proj(torch.cat(ori, -1))
+        if i < len(blocks) - svc_layers:
+            x = x + ori_res
+            x = x + block.mlp(block.ln_2(x))
+            records.append(x)
+            continue
+        res = block.attn.out_proj(torch.cat([calib_sum @ v[..., h * d:(h + 1) * d] for h in range(heads)], -1))
+        if x_ori is None:
+            x_ori = x + ori_res
+        else:
+            x_ori += ori_res                         # in place: changes the previous block's record
+        x_ori = x_ori + block.mlp(block.ln_2(x_ori))
+        x += res                                     # in place: the layer L−S record becomes x_s
+        records.append(x_ori)
+    x[:, 0] = x_ori[:, 0]
+    return torch.stack(records)
+
+
+def test_published_layer_records_follow_the_in_place_updates(tiny_clip, images):
+    published = DenseCLIPEncoder(tiny_clip.visual, published_layer_records=True)(images)
+    clean = DenseCLIPEncoder(tiny_clip.visual)(images)
+    with torch.no_grad():
+        expected = aliased_records(tiny_clip.visual, images)
+    torch.testing.assert_close(published.layer_outputs, expected, atol=1e-5, rtol=1e-5)
+    changed = [not torch.allclose(a, b) for a, b in zip(published.layer_outputs, clean.layer_outputs)]
+    assert changed == [False] * 6 + [True] * 5 + [False]
+    torch.testing.assert_close(published.tokens, clean.tokens)
+    assert DenseCLIPEncoder(tiny_clip.visual, published_layer_records=True)(images, calibrate=False).calibrated is not None
