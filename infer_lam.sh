@@ -15,21 +15,14 @@ GPU_NUMBER=${3:-1}
 SPLIT=${4:-train}
 CHECKPOINT=${5:-}
 shift $(( $# < 5 ? $# : 5 ))
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/tools/launch_common.sh"
+pick_python
+pick_device "$GPU_DEVICES" "$GPU_NUMBER"
+MASTER_PORT=${MASTER_PORT:-$(free_port)}
 
 ARGS=("dataset.split=$SPLIT")
 [ -z "$CHECKPOINT" ] || ARGS=(--checkpoint "$CHECKPOINT" "${ARGS[@]}")
-if command -v nvidia-smi >/dev/null 2>&1 \
-    && CUDA_VISIBLE_DEVICES=$GPU_DEVICES "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    export CUDA_VISIBLE_DEVICES=$GPU_DEVICES
-else
-    echo "no usable GPU: running $GPU_NUMBER CPU process(es) with gloo" >&2
-    ARGS+=(device=cpu)
-fi
-MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")}
+ARGS+=("${DEVICE_ARGS[@]}")
 
 exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
     "$SCRIPT" "${ARGS[@]}" "$@"

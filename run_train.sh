@@ -16,26 +16,15 @@ GPU_NUMBER=${3:-1}
 MASTER_PORT=${4:-}
 TAG=${5:-}
 shift $(( $# < 5 ? $# : 5 ))
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/tools/launch_common.sh"
+pick_python
+pick_device "$GPU_DEVICES" "$GPU_NUMBER"
+MASTER_PORT=${MASTER_PORT:-$(free_port)}
 
-if [ -z "$MASTER_PORT" ]; then
-    MASTER_PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")
-fi
-
-EXTRA=()
+EXTRA=("${DEVICE_ARGS[@]}")
 if [ -n "$TAG" ]; then
     DATASET=$(basename "$SCRIPT" .py); DATASET=${DATASET#train_}
     EXTRA+=("work_dir=work_dirs/${DATASET}_${TAG}")
-fi
-if command -v nvidia-smi >/dev/null 2>&1 \
-    && CUDA_VISIBLE_DEVICES=$GPU_DEVICES "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-    export CUDA_VISIBLE_DEVICES=$GPU_DEVICES
-else
-    echo "no usable GPU: running $GPU_NUMBER CPU process(es) with gloo" >&2
-    EXTRA+=(device=cpu)
 fi
 
 exec "$PYTHON" -m torch.distributed.run \
