@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
@@ -32,6 +33,7 @@ from excel.data import SegmentationDataset, collate, voc_palette
 from excel.losses import aff_loss, affinity_targets, seg_loss
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.model import ExCEL, build_model
+from excel.par import PAR
 from excel.pseudo_label import par_from_config, predict_image
 from excel.refine import last_layers_affinity, pseudo_labels
 from excel.schedule import build_optimizer, build_scheduler
@@ -99,6 +101,55 @@ def dataset_from_config(cfg: DictConfig, split: str, transform, with_mask="auto"
                                image_transform=transform, with_mask=with_mask, seed=cfg.train.seed)
 
 
+def training_losses(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int],
+                    it: int, cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """L_seg, L_aff and their weighted sum (SPEC §8, steps 4–6).
+
+    logits: B×(C+1)×h×w decoder logits; affinity: B×hw×hw decoder affinity Â; labels: B×H×W pseudo labels.
+    Returns loss, seg, aff and the logits upsampled to H×W (``logits``).
+    """
+    logits_up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    loss_seg = seg_loss(logits_up, labels)
+    switch = cfg.train.aff_switch_iter
+    aff_labels = logits_up.detach().argmax(dim=1) if switch is not None and it >= switch else labels
+    positives, negatives = affinity_targets(aff_labels, grid, cfg.train.aff_radius)
+    loss_aff = aff_loss(affinity.float(), positives, negatives)
+    return {"loss": loss_seg + cfg.train.aff_weight * loss_aff, "seg": loss_seg, "aff": loss_aff, "logits": logits_up}
+
+
+def training_step(model: ExCEL, head: nn.Module, images: torch.Tensor, cls_labels: torch.Tensor, it: int,
+                  cfg: DictConfig, par: PAR, optimizer: torch.optim.Optimizer,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, *,
+                  dynamic: bool, amp: bool = False) -> dict[str, torch.Tensor]:
+    """One training iteration (SPEC §8) on a batch already on its device.
+
+    images: B×3×H×W normalised crops; cls_labels: B×C multi-hot; ``head`` is ``model.head`` or its
+    DistributedDataParallel wrapper; ``dynamic`` selects the LVC CAMs. Frozen forward → CAMs →
+    pseudo labels → losses → one optimiser and scheduler step. Raises :class:`TrainingError` when
+    the loss is not finite. Returns the detached losses and what the TensorBoard grid shows.
+    """
+    with torch.autocast(images.device.type, enabled=amp):
+        dense = model.encoder(images)
+        features, logits, affinity = head(dense.layer_outputs, dense.grid)
+    with torch.no_grad():
+        cams = model.dynamic_cams(dense, features.float()) if dynamic else model.static_cams(dense)
+        layer_aff = last_layers_affinity(dense.attn_maps, cfg.cam.affinity_layers)
+        labels = pseudo_labels(cams.float(), cls_labels, layer_aff.float(),
+                               quantised_crop(images, cfg.dataset.normalize), images.shape[-2:],
+                               cfg.cam.box_threshold, par, affinity.detach().float() if dynamic else None)
+    losses = training_losses(logits, affinity, labels, dense.grid, it, cfg)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {loss.item()} at iteration {it}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss.detach(), "seg": losses["seg"].detach(), "aff": losses["aff"].detach(),
+            "images": images, "cams": cams, "labels": labels, "logits": losses["logits"].detach(), "cls": cls_labels}
+
+
 class Trainer:
     """Owns the model, optimiser, data and logging of one training run."""
 
@@ -150,37 +201,14 @@ class Trainer:
         return bool(self.cfg.lvc.enabled) and it >= self.cfg.lvc.start_iter
 
     def train_step(self, batch: dict, it: int) -> dict[str, torch.Tensor]:
-        cfg, model = self.cfg, self.model
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=self.amp):
-            dense = model.encoder(images)
-            features, logits, affinity = self.head(dense.layer_outputs, dense.grid)
-        dynamic = self.dynamic_phase(it)
-        with torch.no_grad():
-            cams = model.dynamic_cams(dense, features.float()) if dynamic else model.static_cams(dense)
-            layer_aff = last_layers_affinity(dense.attn_maps, cfg.cam.affinity_layers)
-            labels = pseudo_labels(cams.float(), cls_labels, layer_aff.float(),
-                                   quantised_crop(images, cfg.dataset.normalize), images.shape[-2:],
-                                   cfg.cam.box_threshold, self.par,
-                                   affinity.detach().float() if dynamic else None)
-        logits_up = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        loss_seg = seg_loss(logits_up, labels)
-        switch = cfg.train.aff_switch_iter
-        aff_labels = logits_up.detach().argmax(dim=1) if switch is not None and it >= switch else labels
-        positives, negatives = affinity_targets(aff_labels, dense.grid, cfg.train.aff_radius)
-        loss_aff = aff_loss(affinity.float(), positives, negatives)
-        loss = loss_seg + cfg.train.aff_weight * loss_aff
-        if not torch.isfinite(loss):
-            raise TrainingError(f"the loss became {loss.item()} at iteration {it}; stopping. The last good "
-                                f"checkpoint is {self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        return {"loss": loss.detach(), "seg": loss_seg.detach(), "aff": loss_aff.detach(),
-                "images": images, "cams": cams, "labels": labels, "logits": logits_up.detach(), "cls": cls_labels}
+        try:
+            return training_step(self.model, self.head, images, cls_labels, it, self.cfg, self.par, self.optimizer,
+                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), amp=self.amp)
+        except TrainingError as err:
+            raise TrainingError(f"{err}; stopping. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}") from None
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:

@@ -8,10 +8,18 @@ The pipeline for a batch (:func:`pseudo_labels`):
 3. restrict each positive class to the boxes around its confident regions
    (:func:`class_box_masks`) and propagate its CAM through the transition matrix
    (:func:`refine_cams`);
-4. normalise and resize the refined maps to the label size (:func:`cams_to_label_size`),
-   put a background map in front, refine with PAR and take the argmax.
+4. normalise and resize the refined maps to the label size (:func:`cams_to_label_size`) and
+   put a background map in front (steps 1–4: :func:`label_maps`);
+5. refine with PAR and take the argmax (:func:`labels_from_maps`).
+
+The whole batch is processed at once: the positive classes of every image are padded to the
+largest positive count, and only the OpenCV contour search runs per map, on the host, after a
+single device-to-host copy per batch.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -26,6 +34,9 @@ __all__ = [
     "refine_cams",
     "cams_to_label_size",
     "resize_bilinear",
+    "LabelMaps",
+    "label_maps",
+    "labels_from_maps",
     "pseudo_labels",
 ]
 
@@ -86,17 +97,29 @@ def transition_matrix(aff: torch.Tensor, sinkhorn_iters: int = 3) -> torch.Tenso
     return trans @ trans
 
 
-def _boxes_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
-    """h×w float32 map in [0, 1] → h×w uint8 mask covering the boxes of its confident regions."""
-    height, width = cam.shape
-    scores = (cam * 255).astype(np.uint8)
-    binary = (scores > int(threshold * int(scores.max()))).astype(np.uint8)
-    contours, _ = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    mask = np.zeros((height, width), dtype=np.uint8)
-    for contour in contours:
-        x, y, box_w, box_h = cv2.boundingRect(contour)
-        mask[y:min(y + box_h, height - 1), x:min(x + box_w, width - 1)] = 1
-    return mask
+def _fill_boxes(rects: np.ndarray, height: int, width: int) -> np.ndarray:
+    """n×4 rectangles (x, y, w, h) → h×w uint8 union of [y, min(y+h, height−1)) × [x, min(x+w, width−1))."""
+    x0, y0 = rects[:, 0], rects[:, 1]
+    x1 = np.minimum(x0 + rects[:, 2], width - 1)
+    y1 = np.minimum(y0 + rects[:, 3], height - 1)
+    rows, cols = np.arange(height), np.arange(width)
+    in_rows = ((rows >= y0[:, None]) & (rows < y1[:, None])).astype(np.int32)  # n×h
+    in_cols = ((cols >= x0[:, None]) & (cols < x1[:, None])).astype(np.int32)  # n×w
+    return (in_rows.T @ in_cols > 0).astype(np.uint8)
+
+
+def _box_masks(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """K×h×w float32 maps in [0, 1] → K×h×w uint8 masks covering the boxes of their confident regions."""
+    count, height, width = maps.shape
+    scores = (maps * 255).astype(np.uint8)
+    levels = (threshold * scores.max(axis=(1, 2), initial=0)).astype(np.int64)
+    binary = (scores > levels[:, None, None]).astype(np.uint8)
+    masks = np.zeros((count, height, width), dtype=np.uint8)
+    for index in np.flatnonzero(binary.any(axis=(1, 2))):
+        contours, _ = cv2.findContours(binary[index], cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+        rects = np.array([cv2.boundingRect(contour) for contour in contours], dtype=np.int64).reshape(-1, 4)
+        masks[index] = _fill_boxes(rects, height, width)
+    return masks
 
 
 def class_box_masks(cams: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -109,11 +132,14 @@ def class_box_masks(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     """
     if cams.dim() != 3:
         raise ValueError(f"cams must be K×h×w, got shape {tuple(cams.shape)}")
+    _check_threshold(threshold)
+    maps = cams.detach().to("cpu", torch.float32).clamp(0.0, 1.0).numpy()
+    return torch.from_numpy(_box_masks(maps, threshold)).to(device=cams.device, dtype=cams.dtype)
+
+
+def _check_threshold(threshold: float) -> None:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"box threshold must be in [0, 1] (config key cam.box_threshold), got {threshold}")
-    maps = cams.detach().to("cpu", torch.float32).clamp(0.0, 1.0).numpy()
-    masks = np.stack([_boxes_mask(cam, threshold) for cam in maps]) if len(maps) else np.zeros(maps.shape, np.uint8)
-    return torch.from_numpy(masks).to(device=cams.device, dtype=cams.dtype)
 
 
 def refine_cams(cams: torch.Tensor, transition: torch.Tensor, box_masks: torch.Tensor) -> torch.Tensor:
@@ -131,8 +157,13 @@ def refine_cams(cams: torch.Tensor, transition: torch.Tensor, box_masks: torch.T
     return refined.reshape(cams.shape)
 
 
-def _linear_taps(src: int, dst: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of OpenCV INTER_LINEAR along one axis (half-pixel centres)."""
+@lru_cache(maxsize=32)
+def _linear_resize_matrix(src: int, dst: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """dst×src matrix of OpenCV INTER_LINEAR along one axis (half-pixel centres, border taps clamped).
+
+    Sample positions and weights are computed in double precision as OpenCV does; each row has the
+    weights 1 − f and f at its two source taps (both on the same tap at the borders).
+    """
     pos = (torch.arange(dst, dtype=torch.float64) + 0.5) * (src / dst) - 0.5
     first = pos.floor()
     frac = pos - first
@@ -141,22 +172,25 @@ def _linear_taps(src: int, dst: int, device: torch.device) -> tuple[torch.Tensor
     frac[below | beyond] = 0.0
     first = torch.where(below, 0, torch.where(beyond, src - 1, first))
     second = (first + 1).clamp(max=src - 1)
-    return first.to(device), second.to(device), frac.to(device=device, dtype=torch.float32)
+    frac = frac.to(torch.float32).to(dtype)
+    matrix = torch.zeros(dst, src, dtype=dtype)
+    rows = torch.arange(dst)
+    matrix.index_put_((rows, first), 1 - frac, accumulate=True)
+    matrix.index_put_((rows, second), frac, accumulate=True)
+    return matrix.to(device)
 
 
 def resize_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize with OpenCV INTER_LINEAR semantics (cv2.resize on float32 maps).
 
-    maps: …×h×w float; size: (H, W). Returns …×H×W. Sample positions and weights are computed
-    in double precision as OpenCV does; the horizontal pass runs before the vertical one.
+    maps: …×h×w float; size: (H, W). Returns …×H×W. The horizontal pass runs before the vertical
+    one, each as a product with a cached interpolation matrix.
     """
     out_h, out_w = size
     in_h, in_w = maps.shape[-2:]
-    col0, col1, col_frac = _linear_taps(in_w, out_w, maps.device)
-    row0, row1, row_frac = _linear_taps(in_h, out_h, maps.device)
-    col_frac, row_frac = col_frac.to(maps.dtype), row_frac.to(maps.dtype)[:, None]
-    maps = maps[..., col0] * (1 - col_frac) + maps[..., col1] * col_frac
-    return maps[..., row0, :] * (1 - row_frac) + maps[..., row1, :] * row_frac
+    columns = _linear_resize_matrix(in_w, out_w, maps.dtype, maps.device)
+    rows = _linear_resize_matrix(in_h, out_h, maps.dtype, maps.device)
+    return rows @ (maps @ columns.T)
 
 
 def cams_to_label_size(refined: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -169,13 +203,84 @@ def cams_to_label_size(refined: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return resize_bilinear(refined, size)
 
 
-def _positive_slots(cls_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Batch index, class index and per-image slot (0, 1, … in class order) of every positive label."""
-    positive = cls_labels != 0
+@dataclass
+class LabelMaps:
+    """Score maps of a batch before PAR.
+
+    maps: B×(1+P)×H×W, the background map 1 − max_c(fg) then the image's positive-class maps in
+    class order, zero-padded to the largest positive count P of the batch.
+    keys: B×(1+P) int64 label of each channel: 0 background, c + 1 for class c, −1 for padding.
+    """
+
+    maps: torch.Tensor
+    keys: torch.Tensor
+
+
+def _positive_inputs(cams: torch.Tensor, cls_labels: torch.Tensor,
+                     box_threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positive classes' CAMs and box masks, gathered on the host with one device-to-host copy.
+
+    cams: B×C×h×w; cls_labels: B×C. Returns (cams B×P×h×w, box masks B×P×h×w, keys B×(1+P) as in
+    :class:`LabelMaps`) on the host, zero-padded to the largest positive count P of the batch.
+    """
+    batch, num_classes, h, w = cams.shape
+    host = torch.cat([cls_labels.to(cams.dtype).unsqueeze(-1), cams.detach().flatten(2)], dim=-1).cpu()
+    positive = host[..., 0] != 0
     batch_idx, class_idx = positive.nonzero(as_tuple=True)
     slot_idx = (positive.long().cumsum(dim=1) - 1)[batch_idx, class_idx]
     max_positives = int(positive.sum(dim=1).max()) if positive.numel() else 0
-    return batch_idx, class_idx, slot_idx, max_positives
+
+    positive_cams = host[batch_idx, class_idx, 1:].view(-1, h, w)
+    masks = _box_masks(positive_cams.float().clamp(0.0, 1.0).numpy(), box_threshold)
+    padded_cams = positive_cams.new_zeros(batch, max_positives, h, w)
+    padded_masks = torch.zeros_like(padded_cams)
+    padded_cams[batch_idx, slot_idx] = positive_cams
+    padded_masks[batch_idx, slot_idx] = torch.from_numpy(masks).to(padded_masks.dtype)
+    keys = torch.full((batch, 1 + max_positives), -1, dtype=torch.long)
+    keys[:, 0] = 0
+    keys[batch_idx, 1 + slot_idx] = class_idx + 1
+    return padded_cams, padded_masks, keys
+
+
+@torch.no_grad()
+def label_maps(
+    cams: torch.Tensor,
+    cls_labels: torch.Tensor,
+    layer_aff: torch.Tensor,
+    label_size: tuple[int, int],
+    box_threshold: float,
+    decoder_aff: torch.Tensor | None = None,
+) -> LabelMaps:
+    """Refined CAMs of the positive classes at the label size, with the background map in front.
+
+    cams: B×C×h×w foreground CAMs in [0, 1]; cls_labels: B×C multi-hot image labels;
+    layer_aff: B×K×hw×hw attention affinities; label_size: (H, W); decoder_aff: B×hw×hw (dynamic
+    phase) or None. The class boxes need OpenCV, so CAMs and labels cross to the host once per batch;
+    everything else stays on the device of ``cams``.
+    """
+    batch, num_classes, h, w = cams.shape
+    if cls_labels.shape != (batch, num_classes):
+        raise ValueError(f"cls_labels must be B×C = {(batch, num_classes)}, got {tuple(cls_labels.shape)}")
+    if layer_aff.shape[0] != batch or layer_aff.shape[-2:] != (h * w, h * w):
+        raise ValueError(f"layer_aff must be {batch}×K×{h * w}×{h * w}, got {tuple(layer_aff.shape)}")
+    _check_threshold(box_threshold)
+    positive_cams, box_masks, keys = _positive_inputs(cams, cls_labels, box_threshold)
+    # copied back while the device is idle (the host copy above waited for it), before the transition matrix
+    positive_cams, box_masks = (t.to(cams.device, non_blocking=True) for t in (positive_cams, box_masks))
+    keys = keys.to(cams.device, non_blocking=True)
+    transition = transition_matrix(fuse_affinity(layer_aff, decoder_aff))
+    # Padded maps are all zero and stay zero through normalisation and resizing; every real map
+    # is non-negative, so the padding does not change the background map either.
+    refined = refine_cams(positive_cams, transition, box_masks)
+    fg_maps = cams_to_label_size(refined, label_size)
+    bg_map = 1 - fg_maps.amax(dim=1, keepdim=True) if fg_maps.shape[1] else fg_maps.new_ones(batch, 1, *label_size)
+    return LabelMaps(maps=torch.cat([bg_map, fg_maps], dim=1), keys=keys)
+
+
+def labels_from_maps(maps: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Argmax over the real channels (ties go to the first): maps B×(1+P)×H×W, keys B×(1+P) → B×H×W int64."""
+    winner = maps.masked_fill((keys < 0)[..., None, None], float("-inf")).argmax(dim=1)
+    return keys.gather(1, winner.flatten(1)).view(winner.shape)
 
 
 @torch.no_grad()
@@ -200,38 +305,10 @@ def pseudo_labels(
     count of the batch so that the box-restricted propagation and PAR run for the whole batch
     at once; padded channels are excluded from the argmax.
     """
-    batch, num_classes, h, w = cams.shape
-    if cls_labels.shape != (batch, num_classes):
-        raise ValueError(f"cls_labels must be B×C = {(batch, num_classes)}, got {tuple(cls_labels.shape)}")
-    if layer_aff.shape[0] != batch or layer_aff.shape[-2:] != (h * w, h * w):
-        raise ValueError(f"layer_aff must be {batch}×K×{h * w}×{h * w}, got {tuple(layer_aff.shape)}")
-    if par_image.dim() != 4 or par_image.shape[0] != batch:
-        raise ValueError(f"par_image must be {batch}×3×Hi×Wi, got {tuple(par_image.shape)}")
-    height, width = label_size
-
-    batch_idx, class_idx, slot_idx, max_positives = _positive_slots(cls_labels)
-    if max_positives == 0:
-        return torch.zeros(batch, height, width, dtype=torch.long, device=cams.device)
-
-    transition = transition_matrix(fuse_affinity(layer_aff, decoder_aff))
-    positive_cams = cams[batch_idx, class_idx].to(transition.dtype)  # P×h×w, one per positive label
-    padded_cams = positive_cams.new_zeros(batch, max_positives, h, w)
-    padded_masks = torch.zeros_like(padded_cams)
-    padded_cams[batch_idx, slot_idx] = positive_cams
-    padded_masks[batch_idx, slot_idx] = class_box_masks(positive_cams, box_threshold)
-
-    # Padded maps are all zero and stay zero through normalisation and resizing; every real map
-    # is non-negative, so the padding does not change the background map either.
-    fg_maps = cams_to_label_size(refine_cams(padded_cams, transition, padded_masks), (height, width))
-    bg_map = 1 - fg_maps.amax(dim=1, keepdim=True)
-    maps = par(par_image.to(fg_maps.dtype), torch.cat([bg_map, fg_maps], dim=1))
-
-    valid = torch.zeros(batch, 1 + max_positives, dtype=torch.bool, device=cams.device)
-    valid[:, 0] = True
-    valid[batch_idx, 1 + slot_idx] = True
-    maps = maps.masked_fill(~valid[..., None, None], float("-inf"))
-
-    keys = torch.zeros(batch, 1 + max_positives, dtype=torch.long, device=cams.device)
-    keys[batch_idx, 1 + slot_idx] = class_idx + 1
-    winner = maps.argmax(dim=1)  # B×H×W slot indices
-    return keys.gather(1, winner.flatten(1)).view(batch, height, width)
+    if par_image.dim() != 4 or par_image.shape[0] != cams.shape[0]:
+        raise ValueError(f"par_image must be {cams.shape[0]}×3×Hi×Wi, got {tuple(par_image.shape)}")
+    maps = label_maps(cams, cls_labels, layer_aff, label_size, box_threshold, decoder_aff)
+    if maps.keys.shape[1] == 1:
+        return torch.zeros(cams.shape[0], *label_size, dtype=torch.long, device=cams.device)
+    refined = par(par_image.to(maps.maps.dtype), maps.maps)
+    return labels_from_maps(refined, maps.keys)

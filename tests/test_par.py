@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from excel.par import PAR
 
@@ -113,3 +114,97 @@ def test_par_rejects_bad_arguments():
         PAR(dilations=(1, 0))
     with pytest.raises(ValueError, match="same B"):
         PAR()(torch.rand(2, 3, 8, 8), torch.rand(1, 2, 8, 8))
+
+
+class StraightforwardPAR(nn.Module):
+    """PAR written the direct way: a B×C×M×H×W neighbour tensor, torch.std, and every iteration one
+    shifted multiply-add per neighbour (dilation-major order), as SPEC §5 reads."""
+
+    def __init__(self, dilations=(1, 2, 4, 8, 12, 24), num_iter=20, temperature=0.3, position_weight=0.01):
+        super().__init__()
+        self.offsets = [(dy, dx) for d in dilations for dy in (-d, 0, d) for dx in (-d, 0, d) if dy or dx]
+        self.margin, self.num_iter, self.temperature = max(dilations), num_iter, temperature
+        distances = torch.tensor([math.hypot(dy, dx) for dy, dx in self.offsets], dtype=torch.float32)
+        position = -(distances / (distances.std() + 1e-8) / temperature) ** 2
+        self.position = position_weight * position.softmax(dim=0)
+
+    def shifted(self, x):
+        height, width = x.shape[-2:]
+        m = self.margin
+        padded = torch.nn.functional.pad(x, [m] * 4, mode="replicate")
+        return [padded[..., m + dy:m + dy + height, m + dx:m + dx + width] for dy, dx in self.offsets]
+
+    def affinity(self, image):
+        neighbours = torch.stack(self.shifted(image), dim=2)
+        std = neighbours.std(dim=2, keepdim=True)
+        color = -((neighbours - image.unsqueeze(2)).abs() / (std + 1e-8) / self.temperature) ** 2
+        return color.mean(dim=1).softmax(dim=1) + self.position.to(image.dtype).view(1, -1, 1, 1)
+
+    def forward(self, image, masks):
+        image = torch.nn.functional.interpolate(image.to(masks.dtype), size=masks.shape[-2:], mode="bilinear",
+                                                align_corners=True)
+        weights = self.affinity(image)
+        for _ in range(self.num_iter):
+            out = torch.zeros_like(masks)
+            for index, neighbour in enumerate(self.shifted(masks)):
+                out += neighbour * weights[:, index:index + 1]
+            masks = out
+        return masks
+
+
+def realistic_image(batch, height, width, seed=0):
+    """uint8-quantised images /255: flat regions with sharp edges, gradients and pixel noise."""
+    generator = torch.Generator().manual_seed(seed)
+    blocks = torch.rand(batch, 3, 4, 5, generator=generator)
+    image = torch.nn.functional.interpolate(blocks, size=(height, width), mode="nearest")
+    ramp = torch.linspace(0, 0.2, width).view(1, 1, 1, width)
+    noise = 0.02 * torch.randn(batch, 3, height, width, generator=generator)
+    return ((image * 0.8 + ramp + noise).clamp(0, 1) * 255).to(torch.uint8) / 255
+
+
+@pytest.mark.parametrize("size", [(48, 64), (20, 17)])
+def test_par_matches_straightforward_version(size):
+    image = realistic_image(2, 40, 50)
+    generator = torch.Generator().manual_seed(3)
+    masks = torch.rand(2, 3, *size, generator=generator)
+    fast, plain = PAR(num_iter=20), StraightforwardPAR(num_iter=20)
+    out, expected = fast(image, masks), plain(image, masks)
+    assert out.shape == masks.shape and out.dtype == masks.dtype
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    assert torch.equal(out.argmax(dim=1), expected.argmax(dim=1))
+
+
+def test_par_affinity_matches_straightforward_version():
+    image = torch.nn.functional.interpolate(realistic_image(2, 40, 50, seed=1), size=(33, 41), mode="bilinear",
+                                            align_corners=True)
+    fast, plain = PAR(), StraightforwardPAR()
+    order = [fast.offsets.index(offset) for offset in plain.offsets]
+    torch.testing.assert_close(fast.affinity(image)[:, order], plain.affinity(image), rtol=0, atol=1e-6)
+    constant = torch.full((1, 3, 9, 9), 0.5)  # zero spread everywhere: every neighbour equally weighted
+    torch.testing.assert_close(fast.affinity(constant)[:, order], plain.affinity(constant), rtol=0, atol=1e-7)
+
+
+def test_par_half_masks_computed_in_float32():
+    image = realistic_image(1, 16, 16)
+    masks = torch.rand(1, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    par = PAR(num_iter=4)
+    out = par(image, masks.half())
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), par(image, masks.half().float()), rtol=0, atol=1e-3)
+
+
+def test_par_propagation_pattern_is_built_once_per_size():
+    par = PAR(num_iter=1)
+    weights = par.affinity(torch.rand(2, 3, 12, 14))
+    first, second = par.propagation_matrix(weights), par.propagation_matrix(weights * 2)
+    assert first.col_indices().data_ptr() == second.col_indices().data_ptr()
+    assert first.crow_indices().data_ptr() == second.crow_indices().data_ptr()
+    assert first.shape == (2 * 12 * 14, 2 * (12 + 48) * (14 + 48))
+    columns = first.col_indices().view(-1, 48).long()
+    assert bool((columns[:, 1:] > columns[:, :-1]).all())  # CSR rows with increasing columns
+    assert torch.equal(first.values(), weights.permute(0, 2, 3, 1).reshape(-1))
+
+
+def test_par_rejects_repeated_dilations():
+    with pytest.raises(ValueError, match="distinct"):
+        PAR(dilations=(1, 2, 2))

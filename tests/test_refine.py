@@ -4,11 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from test_par import StraightforwardPAR, realistic_image
+
 from excel.par import PAR
 from excel.refine import (
     cams_to_label_size,
     class_box_masks,
     fuse_affinity,
+    label_maps,
+    labels_from_maps,
     last_layers_affinity,
     pseudo_labels,
     refine_cams,
@@ -304,3 +308,90 @@ def test_pseudo_labels_reject_bad_shapes():
         pseudo_labels(cams, cls_labels[:, :4], layer_aff, par_image, (8, 8), 0.5, PAR(num_iter=1))
     with pytest.raises(ValueError, match="layer_aff"):
         pseudo_labels(cams, cls_labels, layer_aff[..., :-1], par_image, (8, 8), 0.5, PAR(num_iter=1))
+
+
+# ---------------------------------------------------------------- against the straightforward versions
+
+
+def _loop_box_mask(cam: np.ndarray, threshold: float) -> np.ndarray:
+    """One map at a time, one box at a time, as the CLIP-ES code reads."""
+    height, width = cam.shape
+    scores = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
+    binary = (scores > int(threshold * int(scores.max()))).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for contour in contours:
+        x, y, box_w, box_h = cv2.boundingRect(contour)
+        mask[y:min(y + box_h, height - 1), x:min(x + box_w, width - 1)] = 1
+    return mask
+
+
+def test_box_masks_match_loop_version_on_many_regions():
+    generator = torch.Generator().manual_seed(0)
+    cams = torch.rand(6, 20, 24, generator=generator)  # noise: dozens of regions, some nested
+    cams[1] = 0  # nothing above the threshold
+    cams[2, 5:15, 5:15] = 1
+    cams[2, 8:12, 8:12] = 0  # a hole: an inner contour too
+    masks = class_box_masks(cams, 0.6).numpy()
+    for k in range(6):
+        np.testing.assert_array_equal(masks[k], _loop_box_mask(cams[k].numpy(), 0.6))
+    assert masks[0].sum() > 0 and masks[1].sum() == 0
+
+
+def _straightforward_maps(cams, cls_labels, layer_aff, label_size, threshold, decoder_aff=None):
+    """Per image and per class: [bg, refined positive maps] at the label size (SPEC §5)."""
+    height, width = label_size
+    out = []
+    for b in range(cams.shape[0]):
+        aff = layer_aff[b].mean(dim=0) if decoder_aff is None else fuse_affinity(layer_aff[b:b + 1], decoder_aff[b:b + 1])[0]
+        trans = transition_matrix(aff)
+        maps = []
+        for c in [c for c in range(cams.shape[1]) if cls_labels[b, c] != 0]:
+            mask = torch.from_numpy(_loop_box_mask(cams[b, c].numpy(), threshold)).float()
+            refined = (trans @ (mask * cams[b, c]).reshape(-1, 1)).reshape(cams.shape[-2:]).numpy()
+            refined = refined - refined.min()
+            refined = refined / (refined.max() + 1e-7)
+            maps.append(torch.from_numpy(cv2.resize(refined.astype(np.float32), (width, height))))
+        maps = torch.stack(maps) if maps else torch.zeros(0, height, width)
+        background = 1 - maps.max(dim=0, keepdim=True).values if len(maps) else torch.ones(1, height, width)
+        out.append(torch.cat([background, maps]))
+    return out
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_label_maps_match_straightforward_version(dynamic):
+    cams, cls_labels, _, decoder_aff, _ = _batch(3)
+    # peaked affinities: the refined maps span a wide range, so min–max normalisation does not
+    # magnify rounding differences of the propagation
+    layer_aff = (8 * torch.rand(3, 6, 20, 20, generator=torch.Generator().manual_seed(1))).softmax(dim=-1)
+    decoder_aff = decoder_aff if dynamic else None
+    result = label_maps(cams, cls_labels, layer_aff, (37, 45), 0.5, decoder_aff)
+    expected = _straightforward_maps(cams, cls_labels, layer_aff, (37, 45), 0.5, decoder_aff)
+    assert result.maps.shape == (3, 1 + 3, 37, 45)
+    assert result.keys.tolist() == [[0, 2, 4, -1], [0, 1, 3, 5], [0, -1, -1, -1]]
+    for b, maps in enumerate(expected):
+        torch.testing.assert_close(result.maps[b, : len(maps)], maps, rtol=0, atol=1e-5)
+        assert torch.equal(result.maps[b, len(maps):], torch.zeros(4 - len(maps), 37, 45))
+
+
+def test_labels_from_maps_ties_go_to_the_first_real_channel():
+    maps = torch.tensor([[[[0.5, 0.2]], [[0.5, 0.7]], [[0.9, 0.9]]]])  # 1×3×1×2
+    assert labels_from_maps(maps, torch.tensor([[0, 4, -1]])).tolist() == [[[0, 4]]]
+    assert labels_from_maps(maps, torch.tensor([[0, 4, 7]])).tolist() == [[[7, 7]]]
+
+
+def test_pseudo_labels_match_straightforward_pipeline_at_crop_size():
+    """A realistic batch at a 320-like scale: the whole fast pipeline against per-image loops and plain PAR."""
+    generator = torch.Generator().manual_seed(5)
+    batch, classes, h, w = 2, 6, 8, 10
+    cams = torch.nn.functional.interpolate(torch.rand(batch, classes, 3, 3, generator=generator), size=(h, w),
+                                           mode="bilinear", align_corners=False)
+    cams = (cams - cams.amin((2, 3), keepdim=True)) / (cams.amax((2, 3), keepdim=True) - cams.amin((2, 3), keepdim=True))
+    cls_labels = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]])
+    layer_aff = torch.rand(batch, 6, h * w, h * w, generator=generator).softmax(dim=-1)
+    par_image = realistic_image(batch, 64, 80, seed=2)
+    labels = pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79, PAR())
+    expected = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79,
+                                        StraightforwardPAR(), None)
+    assert torch.equal(labels, expected)
+    assert len(labels[0].unique()) > 2

@@ -1,0 +1,53 @@
+"""Smoke test of tools/benchmark.py on the tiny CLIP: every stage runs once and the report has its keys."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
+    config, checkpoint = tiny_clip_files
+    tool = _load_tool()
+    threads = torch.get_num_threads()
+    try:
+        report = tool.main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
+                            "--out", str(tmp_path), f"clip.model_config={config}", f"clip.pretrained={checkpoint}",
+                            "head.adapter_dim=32", "head.adapter_hidden=32", "head.decoder_heads=4",
+                            "train.batch_size=2", "train.crop_size=64", "cam.input_size=64", "infer.resize=64",
+                            "infer.scales=[1.0,1.5]", "par.iters=2", "lvc.start_iter=5"])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "benchmark_cpu.json").read_text())
+    assert (tmp_path / "benchmark_cpu.md").read_text().count("\n| ") >= len(saved["stages"])
+    assert saved["stages"].keys() == report["stages"].keys() == {
+        "frozen_forward", "head_forward", "static_cam", "dynamic_cam", "affinity_refinement", "par", "losses",
+        "backward_step", "static_iteration", "dynamic_iteration", "frozen_forward_image", "training_free_label",
+        "multiscale_inference"}
+    for name, row in saved["stages"].items():
+        assert set(row) == {"description", "reference", "median_s", "min_s", "ratio", "times_s", "peak_memory_mib"}
+        assert len(row["times_s"]) == 1 and row["median_s"] > 0 and row["peak_memory_mib"] > 0
+        assert row["ratio"] == pytest.approx(row["median_s"] / saved["stages"][row["reference"]]["median_s"])
+    assert saved["stages"]["frozen_forward"]["ratio"] == pytest.approx(1.0)
+    assert saved["stages"]["training_free_label"]["reference"] == "frozen_forward_image"
+    assert saved["targets"].keys() == {"static_iteration", "dynamic_iteration", "training_free_label"}
+    assert all(t["met"] == (t["ratio"] <= t["limit"]) for t in saved["targets"].values())
+    assert saved["setup"]["threads"] == 1 and saved["setup"]["label_size"] == [40, 56]
+
+
+def test_benchmark_rejects_bad_arguments(tmp_path):
+    tool = _load_tool()
+    with pytest.raises(SystemExit):
+        tool.main(["--repeats", "0", "--out", str(tmp_path)])
