@@ -11,7 +11,6 @@ uninterrupted run would have used.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Iterator

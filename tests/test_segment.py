@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_data import tiny_coco, tiny_voc  # noqa: F401
 from PIL import Image
 
 from excel.checkpoint import save_checkpoint
