@@ -286,3 +286,51 @@ def test_curriculum_schedule():
     curriculum = _pretrain_tool().Curriculum(steps=100, final_size=160)
     assert [curriculum.image_size(s) for s in (0, 59, 60, 79, 80, 99)] == [96, 96, 128, 128, 160, 160]
     assert curriculum.easy_share(0) == 1.0 and curriculum.easy_share(20) == 0.5 and curriculum.easy_share(60) == 0.0
+
+
+def test_patch_shares_match_pixel_loop_reference():
+    tool = _pretrain_tool()
+    scene = render_scene(np.random.default_rng(8), 64, 96, ignore_band=2)
+    shares = tool.patch_shares(scene)
+    kind = BACKGROUND_KINDS.index(scene.background)
+    assert shares.shape == (4 * 6, len(CLASS_NAMES) + len(BACKGROUND_KINDS))
+    for row in range(4):
+        for col in range(6):
+            block = scene.mask[16 * row:16 * row + 16, 16 * col:16 * col + 16]
+            labelled = block[block != IGNORE_INDEX]
+            expected = np.zeros(shares.shape[1], np.float32)
+            for value in labelled:
+                expected[value - 1 if value else len(CLASS_NAMES) + kind] += 1 / labelled.size
+            assert np.allclose(shares[row * 6 + col], expected, atol=1e-6)
+    assert shares[:, len(CLASS_NAMES):].sum() > 0 and shares[:, :len(CLASS_NAMES)].sum() > 0
+
+
+def test_patch_grounding_is_soft_cross_entropy_over_labelled_patches():
+    tool = _pretrain_tool()
+    tokens = F.normalize(torch.randn(2, 3, 4), dim=-1)
+    prompts = F.normalize(torch.randn(5, 4), dim=-1)
+    shares = torch.rand(2, 3, 5)
+    shares = shares / shares.sum(-1, keepdim=True)
+    shares[1, 2] = 0                                           # a patch of ignored pixels only
+    scale = torch.tensor(7.0)
+    terms = [-(shares[b, n] * F.log_softmax(scale * prompts @ tokens[b, n], dim=0)).sum()
+             for b in range(2) for n in range(3) if not (b == 1 and n == 2)]
+    assert torch.allclose(tool.patch_grounding(tokens, prompts, shares, scale), torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_tapped_layer_tokens_match_a_forward_cut_at_that_layer():
+    tool = _pretrain_tool()
+    torch.manual_seed(0)
+    model = open_clip.create_model(register_model_config(CONFIG), pretrained=None).eval()
+    images = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        cls_embedding, patches, tapped = tool.encode_image_tokens(model, images, tap_layer=7)
+        assert torch.allclose(cls_embedding, model.encode_image(images), atol=1e-5)
+        visual = model.visual
+        x = visual.ln_pre(torch.cat([visual.class_embedding.expand(2, 1, -1),
+                                     visual.conv1(images).flatten(2).transpose(1, 2)], 1) + visual.positional_embedding)
+        for block in visual.transformer.resblocks[:7]:
+            x = block(x)
+        assert torch.allclose(tapped, visual.ln_post(x[:, 1:]) @ visual.proj, atol=1e-5)
+        _, same, final = tool.encode_image_tokens(model, images, tap_layer=12)
+        assert torch.allclose(same, patches, atol=1e-6) and torch.allclose(final, patches, atol=1e-6)
