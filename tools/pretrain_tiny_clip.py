@@ -288,18 +288,16 @@ def presence_prompts() -> list[str]:
 
 
 class PresenceHead(nn.Module):
-    """Scale and offset turning log-mean-exp pooled token–prompt similarities into logits."""
+    """Scale and offset turning embedding–prompt similarities into presence logits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(10.0))
         self.bias = nn.Parameter(torch.tensor(-5.0))
 
-    def forward(self, tokens: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """tokens B×n×D (normalised), prompts K×D (normalised) → presence logits B×K."""
-        similarity = self.scale * tokens @ prompts.T                      # B×n×K
-        pooled = torch.logsumexp(similarity, dim=1) - math.log(tokens.shape[1])
-        return pooled + self.bias
+    def forward(self, embeddings: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """embeddings B×D (normalised), prompts K×D (normalised) → presence logits B×K."""
+        return self.scale * embeddings @ prompts.T + self.bias
 
 
 class TrainingHeads(nn.Module):
@@ -347,9 +345,8 @@ def training_losses(model: nn.Module, heads: TrainingHeads, batch: Batch, prompt
     """The pretraining losses of a batch and their sum (``total``).
 
     contrastive: CLS embedding vs captions; cls_presence: the CLS embedding's similarity with each
-    presence prompt predicts whether the image contains it; text_content:
-    the caption embedding predicts, linearly, which classes, colours and background it names;
-    grounding (with `ground_layer`): the patch embeddings of that layer's output match the prompts of
+    presence prompt predicts whether the image contains it; text_content: the caption embedding
+    predicts, linearly, which classes, colours and background it names; grounding (with `ground_layer`): the patch embeddings of that layer's output match the prompts of
     what the patch shows.
     """
     cls_embedding, _, tapped = encode_image_tokens(model, batch.images, ground_layer)
@@ -361,7 +358,7 @@ def training_losses(model: nn.Module, heads: TrainingHeads, batch: Batch, prompt
     targets = presence_targets(batch)
     losses = {
         "contrastive": multi_positive_contrastive(logits, caption_matches(batch)),
-        "cls_presence": F.binary_cross_entropy_with_logits(heads.cls_presence(image[:, None], prompts), targets),
+        "cls_presence": F.binary_cross_entropy_with_logits(heads.cls_presence(image, prompts), targets),
         "text_content": F.binary_cross_entropy_with_logits(heads.text_content(text_embedding),
                                                            batch.caption_content),
     }
@@ -487,26 +484,31 @@ def _scores(confusion: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def patch_similarities(model: nn.Module, tokenizer, scenes: list[Scene], layer: int | None = None) -> torch.Tensor:
-    """Cosine similarity of every patch embedding (of the final tokens, or of layer `layer`'s output)
-    with the presence prompts: B×(5+kinds)×h×w."""
+def patch_similarities(model: nn.Module, tokenizer, scenes: list[Scene],
+                       layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cosine similarity of every patch embedding with the presence prompts, B×(5+kinds)×h×w, for the
+    final tokens and (with `layer`) for layer `layer`'s output tokens (else None), from one forward."""
     prompts = encode_prompts(model, tokenizer, presence_prompts())
     size = scenes[0].image.shape[0]
     grid = size // model.visual.patch_size[0]
-    maps = []
+
+    def as_maps(patches: torch.Tensor) -> torch.Tensor:
+        similarity = F.normalize(patches, dim=-1) @ prompts.T
+        return similarity.transpose(1, 2).reshape(len(patches), -1, grid, grid)
+
+    final_maps, tapped_maps = [], []
     for start in range(0, len(scenes), 64):
         chunk = scenes[start:start + 64]
         _, final, tapped = encode_image_tokens(model, normalise(np.stack([s.image for s in chunk])), layer)
-        patches = final if layer is None else tapped
-        similarity = F.normalize(patches, dim=-1) @ prompts.T
-        maps.append(similarity.transpose(1, 2).reshape(len(chunk), -1, grid, grid))
-    return torch.cat(maps)
+        final_maps.append(as_maps(final))
+        if tapped is not None:
+            tapped_maps.append(as_maps(tapped))
+    return torch.cat(final_maps), (torch.cat(tapped_maps) if tapped_maps else None)
 
 
-def localisation_scores(model: nn.Module, tokenizer, scenes: list[Scene],
-                        layer: int | None = None) -> dict[str, dict[str, float]]:
+def localisation_scores(similarity: torch.Tensor, scenes: list[Scene]) -> dict[str, dict[str, float]]:
     """Pixel accuracy and mIoU (background + 5 classes) of patch-level labels vs the masks, from the
-    final patch tokens or from layer `layer`'s output tokens.
+    patch–prompt similarities B×(5+kinds)×h×w of :func:`patch_similarities`.
 
     * ``background_prompts``: argmax over the 5 class prompts and the background prompts
       (a background prompt winning means background);
@@ -515,7 +517,6 @@ def localisation_scores(model: nn.Module, tokenizer, scenes: list[Scene],
     * ``threshold``: argmax over the 5 classes, background where the best similarity is below a
       threshold; the best threshold on these same images is reported (an optimistic figure).
     """
-    similarity = patch_similarities(model, tokenizer, scenes, layer)
     size = scenes[0].image.shape[0]
     similarity = F.interpolate(similarity, size=(size, size), mode="nearest")
     truth = np.stack([s.mask for s in scenes])
@@ -552,11 +553,11 @@ def evaluate(model: nn.Module, tokenizer, image_size: int, seed: int, num_single
     multi_rng = np.random.default_rng([seed, 2])
     singles = [render_scene(single_rng, image_size, image_size, max_objects=1) for _ in range(num_single)]
     multis = [render_scene(multi_rng, image_size, image_size) for _ in range(num_multi)]
+    final, tapped = patch_similarities(model, tokenizer, multis, ground_layer)
     return {
         "zero_shot": {t: zero_shot_accuracy(model, tokenizer, singles, t) for t in ZERO_SHOT_TEMPLATES},
-        "localisation": localisation_scores(model, tokenizer, multis),
-        **({f"localisation_layer_{ground_layer}": localisation_scores(model, tokenizer, multis, ground_layer)}
-           if ground_layer else {}),
+        "localisation": localisation_scores(final, multis),
+        **({f"localisation_layer_{ground_layer}": localisation_scores(tapped, multis)} if tapped is not None else {}),
     }
 
 
