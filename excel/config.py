@@ -13,11 +13,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-VOC_CATEGORIES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-]
+from excel.classes import VOC_CATEGORIES
 
 DEFAULTS: dict[str, Any] = {
     "dataset": {
@@ -29,11 +25,10 @@ DEFAULTS: dict[str, Any] = {
         "split": "train",                   # the split an inference tool reads
         "num_classes": 20,                  # foreground classes
         "class_file": None,                 # custom datasets: one class a line, "name" or "name: prompt name"
-        "categories": VOC_CATEGORIES,       # plain names: tables, palettes, description keys
-        "class_names": VOC_CATEGORIES,      # prompt names given to the text encoder
+        "categories": list(VOC_CATEGORIES),       # plain names: tables, palettes, description keys
+        "class_names": list(VOC_CATEGORIES),      # prompt names given to the text encoder
         "background_names": [],
         "normalize": "imagenet",            # imagenet | clip
-        "ignore_index": 255,
     },
     "clip": {
         "model": "ViT-B-16",                # open_clip model name
@@ -54,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "svc": {
         "enabled": True,
         "layers": 5,
-        "published_layer_records": False,   # adapter inputs as the published code's in-place updates leave them
+        "published_layer_records": True,    # adapter inputs as the published code's in-place updates leave them
+                                            # (the published numbers); false: the clean layer outputs
     },
     "lvc": {
         "enabled": True,
@@ -72,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "iters": 20,
         "dilations": [1, 2, 4, 8, 12, 24],
         "color_temperature": 0.3,
+        "position_temperature": 0.3,
         "position_weight": 0.01,
     },
     "head": {

@@ -1,18 +1,16 @@
-"""Train ExCEL on MS COCO 2014 (SPEC §8).
+"""Train ExCEL on MS COCO 2014 (docs/method.md §8).
 
     python scripts/train_coco.py [--config configs/coco.yaml] [--resume CKPT] [section.key=value ...]
     bash run_train.sh scripts/train_coco.py 0,1 2 29501 my_run     # torchrun, one process per GPU
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from excel.cli import config_parser, run_with_config  # noqa: E402
-from excel.engine import train  # noqa: E402
+from excel.cli import config_parser, run_with_config
+from excel.engine.trainer import train
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,4 @@
 import torch
-
 from fixtures_clip import tiny_clip, tiny_clip_files  # noqa: F401
 from fixtures_data import tiny_coco, tiny_voc  # noqa: F401
 

@@ -32,7 +32,7 @@ def tiny_clip_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_clip_files):
     """The tiny CLIP loaded through the project's loader (frozen, eval mode)."""
-    from excel.clip_loader import load_clip
+    from excel.modeling.clip_loader import load_clip
 
     config, checkpoint = tiny_clip_files
     return load_clip("tiny-clip-test", str(checkpoint), model_config=str(config))

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from excel.data import make_coco_splits, make_voc_splits, write_coco_masks
+from excel.prep.coco_masks import write_coco_masks
+from excel.prep.splits import make_coco_splits, make_voc_splits
 
 __all__ = ["tiny_voc", "tiny_coco"]
 

@@ -1,14 +1,14 @@
-"""The dense CLIP forward with SVC and LVC against plain reference computations (SPEC §2, §7)."""
+"""The dense CLIP forward with SVC and LVC against plain reference computations (docs/method.md §2, §7)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from excel.backbone import DenseCLIPEncoder
-from excel.lvc import lvc_shift
+from excel.modeling.backbone import DenseCLIPEncoder
+from excel.modeling.lvc import lvc_shift
 
 
 def reference_forward(visual, images, svc_layers=5, shift=None):
-    """SPEC §2/§7 written out head by head; `shift` (B×hw×hw) is LVC's E added to every head's A_c."""
+    """docs/method.md §2 and §7 written out head by head; `shift` (B×hw×hw) is LVC's E added to every head's A_c."""
     B, _, H, W = images.shape
     h, w = H // 16, W // 16
     x = visual.conv1(images).flatten(2).transpose(1, 2)
@@ -173,12 +173,20 @@ def aliased_records(visual, images, svc_layers=5):
 
 
 def test_published_layer_records_follow_the_in_place_updates(tiny_clip, images):
-    published = DenseCLIPEncoder(tiny_clip.visual, published_layer_records=True)(images)
-    clean = DenseCLIPEncoder(tiny_clip.visual)(images)
+    published = DenseCLIPEncoder(tiny_clip.visual)(images)
+    clean = DenseCLIPEncoder(tiny_clip.visual, published_layer_records=False)(images)
     with torch.no_grad():
         expected = aliased_records(tiny_clip.visual, images)
     torch.testing.assert_close(published.layer_outputs, expected, atol=1e-5, rtol=1e-5)
     changed = [not torch.allclose(a, b) for a, b in zip(published.layer_outputs, clean.layer_outputs)]
     assert changed == [False] * 6 + [True] * 5 + [False]
     torch.testing.assert_close(published.tokens, clean.tokens)
-    assert DenseCLIPEncoder(tiny_clip.visual, published_layer_records=True)(images, calibrate=False).calibrated is not None
+    assert DenseCLIPEncoder(tiny_clip.visual)(images, calibrate=False).calibrated is not None
+
+
+def test_config_default_reproduces_the_published_records():
+    """Every shipped config builds the encoder with the in-place (published) layer records."""
+    from excel.config import load_config
+    for name in ("voc", "coco", "voc_no_lvc", "voc_static_only", "voc_no_tse", "demo", "custom_example"):
+        cfg = load_config(f"configs/{name}.yaml", ["dataset.class_file=null"])
+        assert cfg.svc.published_layer_records is True, name

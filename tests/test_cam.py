@@ -1,7 +1,7 @@
-"""Static CAMs: feature surgery as matrix products against the published element-wise form (SPEC §4)."""
+"""Static CAMs: feature surgery as matrix products against the published element-wise form (docs/method.md §4)."""
 import torch
 
-from excel.cam import feature_surgery, surgery_cams
+from excel.modeling.cam import feature_surgery, surgery_cams
 
 
 def elementwise_surgery(image_features, text_features, t=2.0):

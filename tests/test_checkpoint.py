@@ -4,8 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from excel.checkpoint import CheckpointError, load_checkpoint, load_head_weights, save_checkpoint
-from excel.head import ExCELHead
+from excel.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_head_weights,
+    save_checkpoint,
+)
+from excel.modeling.head import ExCELHead
 
 
 class HeadOnlyModel(nn.Module):

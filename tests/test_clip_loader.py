@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from excel.clip_loader import CLIPLoadError, load_clip
+from excel.modeling.clip_loader import CLIPLoadError, load_clip
 
 
 def test_plain_state_dict_loads_frozen(tiny_clip_files):

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from excel.crf import DenseCRF, crf_from_logits, crf_refine, softmax, upsample_logits
+from excel.evaluation.crf import (
+    DenseCRF,
+    crf_from_logits,
+    crf_refine,
+    softmax,
+    upsample_logits,
+)
 
 
 def two_region_scene(height: int = 40, width: int = 60) -> tuple[np.ndarray, np.ndarray]:

@@ -7,14 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_data import VOC_TRAIN, VOC_VAL
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from excel.data import (DatasetError, SegmentationDataset, collate, read_image, read_mask,
-                        write_mask)
-from excel.transforms import (EvalTransform, TrainAugment, choose_crop_box, crop_is_balanced,
-                              denormalize, normalize)
-from fixtures_data import VOC_TRAIN, VOC_VAL
+from excel.data.dataset import SegmentationDataset, collate
+from excel.data.transforms import (
+    EvalTransform,
+    TrainAugment,
+    choose_crop_box,
+    crop_is_balanced,
+    denormalize,
+    normalize,
+)
+from excel.io import DatasetError, read_image, read_mask, write_mask
 
 
 def mask_classes(path: Path) -> list[int]:

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from excel.config import load_config
-from excel.pseudo_label import run_pseudo_labels
-from excel.synthetic import write_synthetic_dataset
+from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.prep.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from excel.descriptions import (
-    COCO_CLASS_KEYS,
-    VOC_CLASS_KEYS,
+from excel.classes import COCO_CATEGORIES, VOC_CATEGORIES
+from excel.modeling.descriptions import load_descriptions
+from excel.prep.descriptions import (
     clean_descriptions,
     find_other_class_mentions,
-    load_descriptions,
     normalise_description,
     parse_description_list,
     save_descriptions,
@@ -17,7 +16,7 @@ from excel.descriptions import (
 )
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
-SHIPPED = [("voc_descriptions.json", VOC_CLASS_KEYS), ("coco_descriptions.json", COCO_CLASS_KEYS)]
+SHIPPED = [("voc_descriptions.json", VOC_CATEGORIES), ("coco_descriptions.json", COCO_CATEGORIES)]
 
 
 def write_json(path: Path, content) -> Path:
@@ -142,11 +141,11 @@ def test_validate_flags_nothing_after_prefix():
     ],
 )
 def test_find_other_class_mentions(description, class_key, expected):
-    assert sorted(find_other_class_mentions(description, class_key, COCO_CLASS_KEYS)) == expected
+    assert sorted(find_other_class_mentions(description, class_key, COCO_CATEGORIES)) == expected
 
 
 def test_mentions_use_spaced_form_of_joined_voc_keys():
-    found = find_other_class_mentions("a clean origami chair. it stands at a dining table.", "chair", VOC_CLASS_KEYS)
+    found = find_other_class_mentions("a clean origami chair. it stands at a dining table.", "chair", VOC_CATEGORIES)
     assert found == ["diningtable"]
 
 

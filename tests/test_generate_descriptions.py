@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from excel.descriptions import load_descriptions, save_descriptions, validate_descriptions
+from excel.modeling.descriptions import load_descriptions
+from excel.prep.descriptions import save_descriptions, validate_descriptions
 
 TOOL_PATH = Path(__file__).resolve().parents[1] / "tools" / "generate_descriptions.py"
 N = 3

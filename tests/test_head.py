@@ -1,7 +1,7 @@
-"""Adapter, decoder and decoder affinity (SPEC §6)."""
+"""Adapter, decoder and decoder affinity (docs/method.md §6)."""
 import torch
 
-from excel.head import ExCELHead, decoder_affinity
+from excel.modeling.head import ExCELHead, decoder_affinity
 
 
 def test_head_shapes_and_trainable():

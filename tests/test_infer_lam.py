@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_clip import tiny_overrides
 from PIL import Image
 
 from excel.config import load_config
-from excel.pseudo_label import run_pseudo_labels
-from fixtures_clip import tiny_overrides
+from excel.evaluation.infer_lam import run_pseudo_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from excel.config import VOC_CATEGORIES, load_config
-from excel.model import build_model
-from excel.pseudo_label import run_pseudo_labels
-from excel.text_enrichment import KnowledgeBankError
 from fixtures_clip import tiny_overrides
+
+from excel.builders import build_model
+from excel.classes import VOC_CATEGORIES
+from excel.config import load_config
+from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.modeling.text_enrichment import KnowledgeBankError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def test_bank_tool_writes_a_bank_the_model_loads(tiny_clip_files, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "8 attribute centres" in result.stdout
     saved = torch.load(bank, weights_only=True)
-    assert saved["centers"].shape == (8, 32) and saved["classes"] == VOC_CATEGORIES
+    assert saved["centers"].shape == (8, 32) and saved["classes"] == list(VOC_CATEGORIES)
     cfg = load_config(ROOT / "configs/voc.yaml", [*overrides, f"tse.bank={bank}"])
     with_bank = build_model(cfg).text
     cfg.tse.enabled = False

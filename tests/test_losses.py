@@ -1,11 +1,12 @@
-"""Losses and the learning-rate schedule against direct computations of SPEC §8."""
+"""Losses and the learning-rate schedule against direct computations of docs/method.md §8."""
 import math
 
 import pytest
 import torch
 
-from excel.losses import aff_loss, affinity_targets, radius_mask, seg_loss
-from excel.schedule import build_optimizer, build_scheduler
+from excel.builders import build_optimizer, build_scheduler
+from excel.config import load_config
+from excel.engine.losses import aff_loss, affinity_targets, radius_mask, seg_loss
 
 
 def test_seg_loss_balances_background_and_foreground():
@@ -67,8 +68,10 @@ def test_radius_mask_is_chebyshev_and_cached():
 ])
 def test_lr_schedule_values(it, expected):
     param = torch.nn.Parameter(torch.zeros(1))
-    opt = build_optimizer([param], 1e-3, 0.01, (0.9, 0.999), 1e-8)
-    sched = build_scheduler(opt, 30000, 50, 1e-6, 1.0)
+    cfg = load_config(None, ["optim.lr=1e-3", "optim.weight_decay=0.01", "optim.warmup_iters=50",
+                             "optim.warmup_ratio=1e-6", "optim.power=1.0", "train.max_iters=30000"])
+    opt = build_optimizer(cfg, [param])
+    sched = build_scheduler(cfg, opt)
     for _ in range(it):
         opt.step()
         sched.step()

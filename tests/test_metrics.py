@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from excel.metrics import ConfusionMeter, confusion_matrix, format_table, save_scores, scores
+from excel.evaluation.metrics import (
+    ConfusionMeter,
+    confusion_matrix,
+    format_table,
+    save_scores,
+    scores,
+)
 
 
 def _loop_scores(pred, gt, num_classes):

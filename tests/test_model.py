@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
+from excel.builders import build_model
 from excel.config import load_config
-from excel.model import build_model
 
 
 @pytest.fixture(scope="module")

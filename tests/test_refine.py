@@ -2,12 +2,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from par_reference import StraightforwardPAR, realistic_image
 from torch import nn
 
-from test_par import StraightforwardPAR, realistic_image
-
-from excel.par import PAR
-from excel.refine import (
+from excel.labels.par import PAR
+from excel.labels.refine import (
     cams_to_label_size,
     class_box_masks,
     fuse_affinity,
@@ -215,14 +214,20 @@ def test_cams_to_label_size_matches_cv2(in_size, out_size):
 # ---------------------------------------------------------------- pseudo labels
 
 
-def _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, label_size, threshold, par, decoder_aff):
-    """Per-image loop following SPEC §5 step by step."""
-    out = []
+def _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, label_size, threshold, par, decoder_aff,
+                             with_margins=False):
+    """Per-image loop following docs/method.md §5 step by step.
+
+    With ``with_margins`` also returns, per pixel, the gap between the two best refined scores (inf where
+    the image has no positive class): where it is tiny, another summation order may flip the argmax.
+    """
+    out, margins = [], []
     height, width = label_size
     for b in range(cams.shape[0]):
         positives = [c for c in range(cams.shape[1]) if cls_labels[b, c] != 0]
         if not positives:
             out.append(torch.zeros(height, width, dtype=torch.long))
+            margins.append(torch.full((height, width), float("inf")))
             continue
         if decoder_aff is None:
             aff = layer_aff[b].mean(dim=0)
@@ -245,7 +250,9 @@ def _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, label_size,
         refined = par(par_image[b:b + 1], maps[None])[0]
         keys = torch.tensor([0] + [c + 1 for c in positives])
         out.append(keys[refined.argmax(dim=0)])
-    return torch.stack(out)
+        top2 = refined.topk(2, dim=0).values
+        margins.append(top2[0] - top2[1])
+    return (torch.stack(out), torch.stack(margins)) if with_margins else torch.stack(out)
 
 
 def _batch(seed=0):
@@ -339,7 +346,7 @@ def test_box_masks_match_loop_version_on_many_regions():
 
 
 def _straightforward_maps(cams, cls_labels, layer_aff, label_size, threshold, decoder_aff=None):
-    """Per image and per class: [bg, refined positive maps] at the label size (SPEC §5)."""
+    """Per image and per class: [bg, refined positive maps] at the label size (docs/method.md §5)."""
     height, width = label_size
     out = []
     for b in range(cams.shape[0]):
@@ -388,10 +395,16 @@ def test_pseudo_labels_match_straightforward_pipeline_at_crop_size():
                                            mode="bilinear", align_corners=False)
     cams = (cams - cams.amin((2, 3), keepdim=True)) / (cams.amax((2, 3), keepdim=True) - cams.amin((2, 3), keepdim=True))
     cls_labels = torch.tensor([[1, 0, 0, 1, 1, 0], [0, 1, 0, 0, 0, 0]])
-    layer_aff = torch.rand(batch, 6, h * w, h * w, generator=generator).softmax(dim=-1)
+    # Peaked affinities, as attention gives: near-uniform rows would make every refined map almost constant,
+    # and its min–max normalisation would then amplify float rounding into label changes.
+    layer_aff = (8 * torch.rand(batch, 6, h * w, h * w, generator=generator)).softmax(dim=-1)
     par_image = realistic_image(batch, 64, 80, seed=2)
     labels = pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79, PAR())
-    expected = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79,
-                                        StraightforwardPAR(), None)
-    assert torch.equal(labels, expected)
+    expected, margins = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79,
+                                                 StraightforwardPAR(), None, with_margins=True)
+    # The two paths sum in different orders (batched sparse PAR vs per-image loops), so near-ties may break
+    # either way on another CPU: compare every pixel whose top-2 margin exceeds float32 rounding noise.
+    decided = margins > 1e-4
+    assert decided.float().mean() > 0.97
+    assert torch.equal(labels[decided], expected[decided])
     assert len(labels[0].unique()) > 2

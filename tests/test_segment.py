@@ -11,15 +11,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from excel.checkpoint import save_checkpoint
+from excel.builders import build_model
+from excel.cli import segmentation_main
 from excel.config import load_config
-from excel.crf import DenseCRF, crf_from_logits
-from excel.data import find_mask, read_image, read_mask
-from excel.model import build_model
-from excel.segment import (VOC_SUBMISSION_DIR, check_scales, multiscale_logits, reduce_logits, run_segmentation,
-                           segmentation_cli)
-from excel.transforms import normalize
-from excel.visualize import voc_palette
+from excel.data.layout import find_mask
+from excel.data.transforms import normalize
+from excel.engine.checkpoint import save_checkpoint
+from excel.evaluation.crf import DenseCRF, crf_from_logits
+from excel.evaluation.segment import (
+    VOC_SUBMISSION_DIR,
+    check_scales,
+    multiscale_logits,
+    reduce_logits,
+    run_segmentation,
+)
+from excel.io import read_image, read_mask, voc_palette
 
 VOC_VAL_IDS = ["2007_000033", "2007_000042", "2007_000061", "2007_000123"]
 VOC_TEST_IDS = ["2008_000006", "2008_000010"]
@@ -294,7 +300,7 @@ def test_cli_reports_wrong_class_count(voc, tmp_path, capsys):
     coco_like = {"head": {}, "num_classes": 80}
     save_checkpoint(tmp_path / "coco.pth", coco_like)
     with pytest.raises(SystemExit) as exit_info:
-        segmentation_cli("configs/voc.yaml", ["--checkpoint", str(tmp_path / "coco.pth"), "--out",
+        segmentation_main("configs/voc.yaml", ["--checkpoint", str(tmp_path / "coco.pth"), "--out",
                                               str(tmp_path / "out"), *overrides])
     assert exit_info.value.code == 1
     assert "coco.pth was trained for 80 classes but dataset.num_classes=20" in capsys.readouterr().err

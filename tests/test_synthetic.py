@@ -15,11 +15,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from excel.clip_loader import load_clip, register_model_config
-from excel.data import read_image, read_mask
-from excel.synthetic import (BACKGROUND_KINDS, CLASS_NAMES, COLOURS, IGNORE_INDEX, SceneObject,
-                             boundary_band, caption, caption_pairs, dataset_scene, object_mask,
-                             polygon_mask, render_scene, sample_caption, write_synthetic_dataset)
+from excel.classes import IGNORE_INDEX
+from excel.io import read_image, read_mask
+from excel.modeling.clip_loader import load_clip, register_model_config
+from excel.prep.synthetic import (
+    BACKGROUND_KINDS,
+    CLASS_NAMES,
+    COLOURS,
+    SceneObject,
+    boundary_band,
+    caption,
+    caption_pairs,
+    dataset_scene,
+    object_mask,
+    polygon_mask,
+    render_scene,
+    sample_caption,
+    write_synthetic_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "assets" / "tiny_clip_synthetic.pt"

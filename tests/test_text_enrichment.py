@@ -1,12 +1,12 @@
-"""Text Semantic Enrichment: class embeddings, the knowledge-base bank and attribute hunting (SPEC §3)."""
+"""Text Semantic Enrichment: class embeddings, the knowledge-base bank and attribute hunting (docs/method.md §3)."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from excel import text_enrichment as tse
-from excel.clip_loader import clip_tokenizer
+from excel.modeling import text_enrichment as tse
+from excel.modeling.clip_loader import clip_tokenizer
 
 CLASSES = ["disc", "square", "star"]
 

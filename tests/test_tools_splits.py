@@ -10,12 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_data import (
+    COCO_CATEGORY_IDS,
+    COCO_TRAIN,
+    COCO_VAL,
+    VOC_AUG_ONLY,
+    VOC_TRAIN,
+    VOC_VAL,
+    rle_counts,
+)
 from PIL import Image
 
-from excel.data import (DatasetError, choose_subset, coco_category_index, make_coco_splits,
-                        make_voc_splits, rasterize_coco_annotations, read_labels, write_coco_masks)
-from fixtures_data import COCO_CATEGORY_IDS, COCO_TRAIN, COCO_VAL, VOC_AUG_ONLY, VOC_TRAIN, VOC_VAL
-from fixtures_data import rle_counts
+from excel.io import DatasetError, read_labels
+from excel.prep.coco_masks import (
+    coco_category_index,
+    rasterize_coco_annotations,
+    write_coco_masks,
+)
+from excel.prep.splits import choose_subset, make_coco_splits, make_voc_splits
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from excel import engine
-from excel.checkpoint import load_checkpoint
-from excel.config import load_config
 from fixtures_clip import tiny_overrides
+
+from excel.config import load_config
+from excel.engine import step as iteration
+from excel.engine import trainer as engine
+from excel.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +68,8 @@ def test_static_to_dynamic_switch_and_affinity_target_switch(tiny_voc, tiny_clip
         original = getattr(trainer.model, name)
         monkeypatch.setattr(trainer.model, name, lambda *a, _o=original, _n=name: calls.append(_n) or _o(*a))
     targets = []
-    original_targets = engine.affinity_targets
-    monkeypatch.setattr(engine, "affinity_targets", lambda labels, *a: targets.append(labels) or original_targets(labels, *a))
+    original_targets = iteration.affinity_targets
+    monkeypatch.setattr(iteration, "affinity_targets", lambda labels, *a: targets.append(labels) or original_targets(labels, *a))
     data = iter(trainer.loader)
     steps = [trainer.train_step(next(data), it) for it in range(6)]
     assert calls == ["static_cams"] * 3 + ["dynamic_cams"] * 3
@@ -79,7 +80,7 @@ def test_static_to_dynamic_switch_and_affinity_target_switch(tiny_voc, tiny_clip
 
 def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tiny_voc, tiny_clip_files, tmp_path, monkeypatch):
     cfg = train_cfg(tiny_voc, tiny_clip_files, tmp_path, "nan", **{"train.max_iters": 8, "train.eval_interval": 2})
-    real = engine.seg_loss
+    real = iteration.seg_loss
     count = {"n": 0}
 
     def flaky(*args):
@@ -87,8 +88,8 @@ def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(tiny_voc, tiny_clip_
         loss = real(*args)
         return loss * float("nan") if count["n"] == 4 else loss
 
-    monkeypatch.setattr(engine, "seg_loss", flaky)
-    with pytest.raises(engine.TrainingError, match=r"at iteration 3.*iter_000002.pth"):
+    monkeypatch.setattr(iteration, "seg_loss", flaky)
+    with pytest.raises(iteration.TrainingError, match=r"at iteration 3.*iter_000002.pth"):
         engine.train(cfg)
     assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "latest.pth")["iteration"] == 2
 

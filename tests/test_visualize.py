@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from excel.visualize import cam_overlay, colorize, label_overlay, save_label_png, voc_palette
+from excel.io import voc_palette, write_mask
+from excel.utils.visualize import cam_overlay, colorize, label_overlay
 
 
 def reference_palette() -> list[tuple[int, int, int]]:
@@ -30,7 +31,7 @@ def test_voc_palette():
 def test_save_label_png_round_trip(tmp_path):
     label = np.array([[0, 1, 2], [20, 255, 7]], dtype=np.int64)
     path = tmp_path / "out" / "x.png"
-    save_label_png(label, path)
+    write_mask(path, label)
     with Image.open(path) as image:
         assert image.mode == "P"
         np.testing.assert_array_equal(np.asarray(image), label)
@@ -41,13 +42,13 @@ def test_save_label_png_round_trip(tmp_path):
 def test_save_label_png_custom_palette_and_bad_input(tmp_path):
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[3] = (1, 2, 3)
-    save_label_png(np.full((2, 2), 3), tmp_path / "c.png", palette)
+    write_mask(tmp_path / "c.png", np.full((2, 2), 3), palette)
     with Image.open(tmp_path / "c.png") as image:
         assert image.getpalette()[9:12] == [1, 2, 3]
     with pytest.raises(ValueError, match="H×W"):
-        save_label_png(np.zeros((2, 2, 3)), tmp_path / "bad.png")
+        write_mask(tmp_path / "bad.png", np.zeros((2, 2, 3)))
     with pytest.raises(ValueError, match="0..255"):
-        save_label_png(np.array([[256]]), tmp_path / "bad.png")
+        write_mask(tmp_path / "bad.png", np.array([[256]]))
     assert not (tmp_path / "bad.png").exists()
 
 

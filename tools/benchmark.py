@@ -32,19 +32,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from excel.cli import USER_ERRORS  # noqa: E402
-from excel.config import as_list, load_config  # noqa: E402
-from excel.data import atomic_write  # noqa: E402
-from excel.distributed import resolve_device  # noqa: E402
-from excel.engine import quantised_crop, training_losses, training_step  # noqa: E402
-from excel.model import ExCEL, build_model  # noqa: E402
-from excel.pseudo_label import par_from_config, predict_image, resize_input  # noqa: E402
-from excel.refine import label_maps, labels_from_maps, last_layers_affinity  # noqa: E402
-from excel.schedule import build_optimizer, build_scheduler  # noqa: E402
-from excel.segment import multiscale_logits  # noqa: E402
-from excel.transforms import normalize  # noqa: E402
+from excel.builders import build_model, build_optimizer, build_par, build_scheduler
+from excel.cli import USER_ERRORS
+from excel.config import as_list, load_config
+from excel.data.transforms import normalize
+from excel.engine.step import quantised_crop, training_losses, training_step
+from excel.evaluation.segment import multiscale_logits
+from excel.io import atomic_write
+from excel.labels.predict import predict_image, resize_input
+from excel.labels.refine import label_maps, labels_from_maps, last_layers_affinity
+from excel.modeling.model import ExCEL
+from excel.utils.distributed import resolve_device
 
 RANDOM_WEIGHTS = ["clip.pretrained=null", "tse.enabled=false"]
 BATCH_FORWARD, IMAGE_FORWARD = "frozen_forward", "frozen_forward_image"
@@ -121,13 +120,11 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
     image_label = synthetic_labels(1, cfg.dataset.num_classes, generator).to(device)
 
     head = model.head.train()
-    optimizer = build_optimizer(head.parameters(), cfg.optim.lr, cfg.optim.weight_decay, as_list(cfg.optim.betas),
-                                cfg.optim.eps)
-    scheduler = build_scheduler(optimizer, cfg.train.max_iters, cfg.optim.warmup_iters, cfg.optim.warmup_ratio,
-                                cfg.optim.power)
+    optimizer = build_optimizer(cfg, head.parameters())
+    scheduler = build_scheduler(cfg, optimizer)
     amp = bool(cfg.train.amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    par = par_from_config(cfg).to(device)
+    par = build_par(cfg).to(device)
     dynamic_iter = int(cfg.lvc.start_iter)
 
     dense = model.encoder(images)
@@ -154,7 +151,7 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
 
     def iteration(dynamic: bool) -> Callable[[Any], Any]:
         it = dynamic_iter if dynamic else 0
-        return lambda _: training_step(model, head, images, cls_labels, it, cfg, par, optimizer, scheduler, scaler,
+        return lambda _: training_step(model, images, cls_labels, it, cfg, par, optimizer, scheduler, scaler,
                                        dynamic=dynamic, amp=amp)
 
     scales = [float(s) for s in as_list(cfg.infer.scales)]

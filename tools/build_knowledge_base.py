@@ -9,14 +9,12 @@ a sign that K is too small to tell them apart.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from excel.cli import config_parser, run_with_config  # noqa: E402
-from excel.model import build_knowledge_base  # noqa: E402
+from excel.cli import config_parser, run_with_config
+from excel.prep.knowledge_base import build_knowledge_base
 
 
 def main(argv=None) -> None:

@@ -16,16 +16,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from excel.cli import USER_ERRORS  # noqa: E402
-from excel.config import load_config  # noqa: E402
-from excel.data import SegmentationDataset  # noqa: E402
-from excel.engine import train  # noqa: E402
-from excel.metrics import ConfusionMeter, scores  # noqa: E402
-from excel.pseudo_label import run_pseudo_labels  # noqa: E402
-from excel.segment import run_segmentation  # noqa: E402
-from excel.synthetic import write_synthetic_dataset  # noqa: E402
+from excel.cli import USER_ERRORS
+from excel.config import load_config
+from excel.data.dataset import SegmentationDataset
+from excel.engine.trainer import train
+from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.evaluation.metrics import ConfusionMeter, scores
+from excel.evaluation.segment import run_segmentation
+from excel.prep.synthetic import write_synthetic_dataset
 
 QUICK = ["train.max_iters=6", "train.eval_interval=6", "train.log_interval=3", "lvc.start_iter=3",
          "train.aff_switch_iter=4", "train.batch_size=2", "train.num_workers=0", "crf.workers=0"]

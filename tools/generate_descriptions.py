@@ -33,21 +33,19 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from excel.descriptions import (  # noqa: E402
+from excel.modeling.descriptions import read_description_file
+from excel.prep.descriptions import (
     DATASET_CLASS_KEYS,
     DEFAULT_PREFIX_TEMPLATE,
     DESCRIPTIONS_PER_CLASS,
     clean_descriptions,
     description_prefix,
     parse_description_list,
-    read_description_file,
     save_descriptions,
     validate_descriptions,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o"

@@ -8,14 +8,12 @@ the trained model's dynamic (LVC) CAMs. Output: <out>/pseudo_labels/<id>.png and
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from excel.cli import config_parser, run_with_config  # noqa: E402
-from excel.pseudo_label import run_pseudo_labels  # noqa: E402
+from excel.cli import config_parser, run_with_config
+from excel.evaluation.infer_lam import run_pseudo_labels
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
 """Segment MS COCO 2014 images with a trained ExCEL head: multi-scale + flip logits, optional DenseCRF,
-mIoU tables and prediction PNGs (see excel/segment.py for the outputs).
+mIoU tables and prediction PNGs (see excel/evaluation/segment.py for the outputs).
 
     python tools/infer_seg_coco.py --checkpoint CKPT --split val
     python tools/infer_seg_coco.py --checkpoint CKPT crf.enabled=false infer.scales=[1.0]
@@ -7,13 +7,16 @@ mIoU tables and prediction PNGs (see excel/segment.py for the outputs).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from excel.cli import segmentation_main
 
-from excel.segment import segmentation_cli  # noqa: E402
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "coco.yaml"
+
+
+def main(argv=None) -> None:
+    segmentation_main(CONFIG, argv)
+
 
 if __name__ == "__main__":
-    segmentation_cli(ROOT / "configs" / "coco.yaml")
+    main()

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from excel.data import write_coco_masks  # noqa: E402
+from excel.prep.coco_masks import write_coco_masks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from excel.config import VOC_CATEGORIES  # noqa: E402
-from excel.data import default_split_dir, make_coco_splits, make_voc_splits  # noqa: E402
+from excel.classes import VOC_CATEGORIES
+from excel.data.layout import default_split_dir
+from excel.prep.splits import make_coco_splits, make_voc_splits
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,12 +7,9 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from excel.synthetic import CLASS_NAMES, write_synthetic_dataset  # noqa: E402
+from excel.prep.synthetic import CLASS_NAMES, write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

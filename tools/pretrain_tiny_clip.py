@@ -41,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +57,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from excel.clip_loader import register_model_config  # noqa: E402
-from excel.data import atomic_write  # noqa: E402
-from excel.synthetic import (BACKGROUND_KINDS, CLASS_NAMES, COLOURS, IGNORE_INDEX, Caption,  # noqa: E402
-                             Scene, render_scene, sample_caption)
+from excel.classes import IGNORE_INDEX
+from excel.io import atomic_write
+from excel.modeling.clip_loader import register_model_config
+from excel.prep.synthetic import (
+    BACKGROUND_KINDS,
+    CLASS_NAMES,
+    COLOURS,
+    Caption,
+    Scene,
+    render_scene,
+    sample_caption,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny_clip.json"

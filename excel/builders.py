@@ -1,0 +1,126 @@
+"""Every config → object step in one place: CLIP, text matrix, model, PAR, datasets, CRF, optimiser.
+
+The math modules never see the config; they take tensors and plain arguments. This module reads the
+config keys (see excel/config.py) and builds the objects the pipeline runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from excel.config import ConfigError, as_list
+from excel.data.dataset import SampleTransform, SegmentationDataset
+from excel.data.transforms import TrainAugment
+from excel.engine.schedule import WarmupPoly
+from excel.evaluation.crf import DenseCRF
+from excel.labels.par import PAR
+from excel.modeling.backbone import DenseCLIPEncoder
+from excel.modeling.clip_loader import clip_tokenizer, load_clip, register_model_config
+from excel.modeling.head import ExCELHead
+from excel.modeling.model import ExCEL
+from excel.modeling.text_enrichment import (
+    class_embeddings,
+    load_or_build_bank,
+    text_matrix,
+)
+
+
+def clip_model_name(cfg: DictConfig) -> str:
+    """The open_clip model name: the stem of clip.model_config when one is given, else clip.model."""
+    return Path(cfg.clip.model_config).stem if cfg.clip.model_config else cfg.clip.model
+
+
+def bank_cache_path(cfg: DictConfig) -> Path:
+    """Where a run caches the knowledge-base bank it builds (when tse.bank is not given)."""
+    return Path(cfg.tse.cache_dir) / f"{cfg.dataset.name}_{clip_model_name(cfg)}_K{cfg.tse.num_clusters}_bank.pt"
+
+
+def build_clip(cfg: DictConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The frozen open_clip model of clip.model / clip.model_config with clip.pretrained weights."""
+    if cfg.clip.model_config:
+        register_model_config(cfg.clip.model_config)
+    return load_clip(clip_model_name(cfg), cfg.clip.pretrained, cfg.clip.quick_gelu, device=device)
+
+
+def build_text_matrix(cfg: DictConfig, clip_model: nn.Module) -> torch.Tensor:
+    """[enriched foreground; background] text embeddings T×D from the config (docs/method.md §3)."""
+    tokenizer = clip_tokenizer(clip_model_name(cfg))
+    templates = as_list(cfg.clip.templates)
+    foreground = class_embeddings(clip_model, tokenizer, as_list(cfg.dataset.class_names), templates)
+    background_names = as_list(cfg.dataset.background_names)
+    background = (class_embeddings(clip_model, tokenizer, background_names, templates) if background_names
+                  else foreground.new_zeros(0, foreground.shape[1]))
+    centers = None
+    if cfg.tse.enabled:
+        bank = load_or_build_bank(clip_model, tokenizer, bank_path=cfg.tse.bank, cache_path=bank_cache_path(cfg),
+                                  descriptions_path=cfg.tse.descriptions, class_keys=as_list(cfg.dataset.categories),
+                                  num_clusters=cfg.tse.num_clusters, seed=cfg.tse.kmeans_seed)
+        centers = bank["centers"]
+    return text_matrix(foreground, background, centers, cfg.tse.keep_ratio)
+
+
+def build_head(cfg: DictConfig, num_layers: int, width: int) -> ExCELHead:
+    """The learnable adapter + decoder head (docs/method.md §6) for a backbone of num_layers × width tokens."""
+    spec = cfg.head
+    return ExCELHead(num_layers, width, cfg.dataset.num_classes, adapter_hidden=spec.adapter_hidden,
+                     adapter_dim=spec.adapter_dim, dropout=spec.dropout, decoder_layers=spec.decoder_layers,
+                     decoder_heads=spec.decoder_heads, decoder_mlp_ratio=spec.decoder_mlp_ratio,
+                     affinity_scale=spec.affinity_scale)
+
+
+def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
+    """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
+    clip_model = build_clip(cfg, device)
+    text = build_text_matrix(cfg, clip_model)
+    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records)
+    head = build_head(cfg, encoder.num_layers, encoder.width)
+    return ExCEL(encoder, text, cfg.dataset.num_classes, head, cfg.lvc.mean_weight, cfg.lvc.scale).to(device)
+
+
+def build_par(cfg: DictConfig) -> PAR:
+    """PAR with the config's dilations, iterations and weights (docs/method.md §5)."""
+    return PAR(dilations=tuple(as_list(cfg.par.dilations)), num_iter=cfg.par.iters,
+               color_temperature=cfg.par.color_temperature, position_weight=cfg.par.position_weight,
+               position_temperature=cfg.par.position_temperature)
+
+
+def build_dataset(cfg: DictConfig, split: str, transform: SampleTransform | None = None, *,
+                  with_mask: bool | str = "auto", with_labels: bool = True) -> SegmentationDataset:
+    """The dataset.* split ``split``; raises when dataset.root is not set."""
+    data = cfg.dataset
+    if data.root is None:
+        raise ConfigError("dataset.root is not set; point it at the dataset folder (see README, and prepare "
+                          "split lists with tools/make_splits.py)")
+    return SegmentationDataset(data.root, split, data.split_dir, data.name, data.num_classes,
+                               image_transform=transform, with_mask=with_mask, with_labels=with_labels,
+                               seed=cfg.train.seed)
+
+
+def build_train_augment(cfg: DictConfig) -> TrainAugment:
+    """Random rescale, flip and crop of train.* (docs/method.md §8)."""
+    return TrainAugment(cfg.train.crop_size, tuple(as_list(cfg.train.scale_range)),
+                        max_class_ratio=cfg.train.max_class_ratio, normalization=cfg.dataset.normalize)
+
+
+def build_crf(cfg: DictConfig) -> DenseCRF | None:
+    """DenseCRF with crf.* parameters, or None when crf.enabled is false (docs/method.md §10)."""
+    c = cfg.crf
+    if not c.enabled:
+        return None
+    return DenseCRF(c.iters, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb, c.bilateral_compat)
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.AdamW:
+    """AdamW over ``params`` with optim.* (docs/method.md §8)."""
+    o = cfg.optim
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(as_list(o.betas)), eps=o.eps)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then polynomial decay over train.max_iters (docs/method.md §8)."""
+    o = cfg.optim
+    schedule = WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

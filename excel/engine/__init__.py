@@ -1,0 +1,1 @@
+"""Training: the loop, one iteration, losses, learning-rate schedule, checkpoints."""

@@ -1,0 +1,234 @@
+"""The training engine (docs/method.md §8): one loop for one process, many GPUs (nccl) or CPU processes (gloo).
+
+Per iteration: frozen forward → CAMs (static before lvc.start_iter, dynamic after) → pseudo labels
+→ L_seg + aff_weight·L_aff → step of the adapter/decoder only.
+
+Resuming is exact: the data order of epoch e is a permutation seeded by (train.seed, e), every
+sample's augmentation is seeded by (train.seed, epoch, index), and the torch RNG (dropout) is saved
+with the checkpoint, so a resumed run continues with the very batches and dropout masks that the
+uninterrupted run would have used.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from excel.builders import (
+    build_dataset,
+    build_model,
+    build_optimizer,
+    build_par,
+    build_scheduler,
+    build_train_augment,
+)
+from excel.config import as_list, save_config
+from excel.data.dataset import collate
+from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
+from excel.data.transforms import EvalTransform, denormalize
+from excel.engine.checkpoint import load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.step import TrainingError, training_step
+from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
+from excel.io import voc_palette
+from excel.labels.predict import predict_image
+from excel.modeling.model import ExCEL
+from excel.utils import distributed as dist
+from excel.utils.logging import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Owns the model, optimiser, data and logging of one training run."""
+
+    def __init__(self, cfg: DictConfig, resume: str | None = None):
+        self.cfg = cfg
+        self.device = dist.resolve_device(cfg.device)
+        dist.init_distributed(self.device)
+        self.work_dir = Path(cfg.work_dir)
+        if dist.is_main():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.work_dir / "config.yaml")
+        dist.barrier()
+        setup_logging(self.work_dir / "train.log")
+        torch.manual_seed(cfg.train.seed + dist.rank())
+
+        self.model: ExCEL = build_model(cfg, self.device)
+        # Gradients are synchronised by the wrapper's forward; only the head has trainable parameters.
+        self.net: nn.Module = self.model
+        if dist.is_distributed():
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                               broadcast_buffers=False)
+        self.optimizer = build_optimizer(cfg, self.model.head.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.par = build_par(cfg).to(self.device)
+        self.start_iter = 0
+        if resume is not None:
+            self._resume(resume)
+
+        train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
+        sampler = EpochIndexSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, self.start_iter,
+                                    dist.rank(), dist.world_size())
+        self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=cfg.train.batch_size, sampler=sampler,
+                                 num_workers=cfg.train.num_workers, collate_fn=collate,
+                                 generator=torch.Generator(), persistent_workers=cfg.train.num_workers > 0,
+                                 pin_memory=self.device.type == "cuda")
+        self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
+        self.writer = None
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+        self.last_checkpoint: Path | None = Path(resume) if resume else None
+        self.history: list[dict[str, float]] = []      # the logged (rank-averaged) losses
+
+    # -- one iteration --------------------------------------------------------------------------
+    def dynamic_phase(self, it: int) -> bool:
+        return bool(self.cfg.lvc.enabled) and it >= self.cfg.lvc.start_iter
+
+    def train_step(self, batch: dict, it: int) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
+        try:
+            return training_step(self.net, images, cls_labels, it, self.cfg, self.par, self.optimizer,
+                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), amp=self.amp)
+        except TrainingError as err:
+            raise TrainingError(f"{err}; stopping. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}") from None
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.cfg
+        self.model.head.train()
+        data = iter(self.loader)
+        bar = tqdm(range(self.start_iter, cfg.train.max_iters), initial=self.start_iter, total=cfg.train.max_iters,
+                   disable=not dist.is_main(), desc="train", dynamic_ncols=True)
+        started = time.time()
+        for it in bar:
+            if it == cfg.lvc.start_iter and self.dynamic_phase(it):
+                log.info("iteration %d: switching to dynamic CAMs (LVC)", it)
+            step = self.train_step(next(data), it)
+            done = it + 1
+            if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
+                self._log_step(step, done, started)
+            if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
+                self.validate(done)
+                self.save(done)
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return self.last_checkpoint
+
+    def _log_step(self, step: dict, it: int, started: float) -> None:
+        values = {k: float(dist.all_reduce_sum(step[k].clone()) / dist.world_size()) for k in ("loss", "seg", "aff")}
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.history.append({"iter": it, "lr": lr, **values})
+        log.info("iter %d/%d  loss %.4f  seg %.4f  aff %.4f  lr %.3e  %.2fs/it%s", it, self.cfg.train.max_iters,
+                 values["loss"], values["seg"], values["aff"], lr,
+                 (time.time() - started) / max(1, it - self.start_iter), "  (dynamic)" if self.dynamic_phase(it - 1) else "")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, it)
+            self.writer.add_scalar("train/lr", lr, it)
+            self.writer.add_image("train/image_cam_pseudo_pred", visual_grid(step, self.cfg.dataset.normalize), it)
+
+    # -- validation and checkpoints ------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, it: int) -> dict[str, float]:
+        """Pseudo-label mIoU (static CAMs, Â-weighted affinity, val threshold) and decoder mIoU on the val split."""
+        cfg, num = self.cfg, self.cfg.dataset.num_classes + 1
+        self.model.head.eval()
+        indices = list(range(len(self.val_set)))
+        if cfg.train.eval_max_images is not None:
+            indices = indices[: cfg.train.eval_max_images]
+        pseudo, decoder = ConfusionMeter(num), ConfusionMeter(num)
+        for index in tqdm(dist.shard(indices), disable=not dist.is_main(), desc="val", leave=False):
+            sample = self.val_set[index]
+            pred = predict_image(self.model, sample["image"][None].to(self.device), sample["cls_label"][None].to(self.device),
+                                 tuple(sample["mask"].shape), mode="validation", input_size=cfg.cam.input_size,
+                                 box_threshold=cfg.cam.val_box_threshold, affinity_layers=cfg.cam.affinity_layers,
+                                 par=self.par, with_decoder=True)
+            mask = sample["mask"].to(self.device)
+            pseudo.update(pred.label, mask)
+            decoder.update(pred.decoder, mask)
+        self.model.head.train()
+        results = {}
+        names = ["background", *as_list(cfg.dataset.categories)]
+        for name, meter in (("pseudo_label", pseudo), ("decoder", decoder)):
+            meter.all_reduce()
+            result = scores(meter.matrix)
+            results[name] = result["miou"]
+            if dist.is_main():
+                log.info("iteration %d, %s on %s:\n%s", it, name, cfg.dataset.val_split, format_table(result, names))
+                save_scores(result, names, self.work_dir / "metrics" / f"iter_{it:06d}_{name}")
+                self.writer.add_scalar(f"val/{name}_miou", result["miou"], it)
+        return results
+
+    def save(self, it: int) -> None:
+        path = self.work_dir / "checkpoints" / f"iter_{it:06d}.pth"
+        if dist.is_main():
+            state = {
+                "head": self.model.head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "iteration": it,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+                "num_classes": self.cfg.dataset.num_classes,
+            }
+            save_checkpoint(path, state)
+            latest = path.with_name("latest.pth")
+            save_checkpoint(latest, state)
+            log.info("saved checkpoint %s", path)
+        dist.barrier()
+        self.last_checkpoint = path
+
+    def _resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        load_head_weights(self.model, state, source=path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_iter = int(state["iteration"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+
+def visual_grid(step: dict, normalization: str) -> torch.Tensor:
+    """3×H×4W image for TensorBoard from the first crop: image | CAM | pseudo label | prediction."""
+    image = (denormalize(step["images"][0], normalization).clamp(0, 255) / 255).cpu()
+    size = image.shape[-2:]
+    present = step["cls"][0] > 0
+    cams = step["cams"][0][present] if present.any() else step["cams"][0]
+    cam = F.interpolate(cams.amax(0)[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    heat = cv2.applyColorMap((cam.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    palette = torch.from_numpy(voc_palette().reshape(-1, 3)[:256]).float() / 255
+    tiles = [image, torch.from_numpy(heat.copy()).permute(2, 0, 1).float() / 255,
+             palette[step["labels"][0].cpu()].permute(2, 0, 1), palette[step["logits"][0].argmax(0).cpu()].permute(2, 0, 1)]
+    return torch.cat(tiles, dim=-1)
+
+
+def train(cfg: DictConfig, resume: str | None = None) -> Trainer:
+    """Train with `cfg` (optionally resuming from a checkpoint); returns the finished trainer."""
+    try:
+        trainer = Trainer(cfg, resume)
+        trainer.run()
+        return trainer
+    finally:
+        dist.cleanup()

@@ -1,0 +1,345 @@
+"""Segmentation inference with a trained head (docs/method.md §10): multi-scale + flip logits, optional
+DenseCRF, mIoU tables, prediction PNGs and the PASCAL VOC test-server submission.
+
+Outputs of :func:`run_segmentation` in ``out_dir``:
+
+* ``raw/<id>.png`` and ``crf/<id>.png``: class-index palette PNGs (pixel value = class index);
+  ``raw_color/`` and ``crf_color/``: the same as RGB images; ``overlay/<id>.jpg`` with
+  ``infer.save_overlays=true`` (the final prediction blended over the image).
+* ``scores_raw.{txt,json}`` and ``scores_crf.{txt,json}``: per-class IoU, precision, recall, mIoU.
+* ``config.yaml`` and ``segment.log``.
+* For a test split (name starting with ``test``, see :func:`is_test_split`) nothing is scored; a
+  VOC test split also gets ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` (VOC palette;
+  the CRF prediction when the CRF is on) and ``results.tar.gz``, ready to upload to the server.
+
+The CRF runs in ``crf.workers`` processes (0: in this process) while the network goes on with the
+next images. Each image's averaged logits travel to a worker in memory, at 1/``infer.logit_stride``
+of the image resolution (float16 when reduced), and are upsampled back to full size there; nothing
+is stored on disk, so the CRF costs no disk space even for the 40,137 COCO val images. The
+workers are spawned processes: a script that calls :func:`run_segmentation` needs the usual
+``if __name__ == "__main__":`` guard.
+
+Quirk kept from the published VOC inference: at scale 1 the flipped view is left out. The
+published COCO inference flips at every scale; ``infer.flip_unit_scale=true`` selects that.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import tarfile
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from excel.builders import build_crf, build_dataset, build_model
+from excel.config import as_list, save_config
+from excel.data.dataset import SegmentationDataset
+from excel.data.layout import mask_candidates
+from excel.data.transforms import normalize
+from excel.engine.checkpoint import load_checkpoint, load_head_weights
+from excel.evaluation.crf import crf_from_logits
+from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores
+from excel.io import atomic_write, write_image, write_mask
+from excel.utils.distributed import (
+    barrier,
+    cleanup,
+    init_distributed,
+    is_distributed,
+    is_main,
+    resolve_device,
+    shard,
+)
+from excel.utils.logging import setup_logging
+from excel.utils.visualize import colorize, label_overlay
+
+log = logging.getLogger(__name__)
+
+VOC_SUBMISSION_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
+SegmentFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-scale + flip logits
+# ----------------------------------------------------------------------------------------------
+
+def scaled_side(resize: int, scale: float) -> int:
+    """Side of the square network input at ``scale``: int(resize·scale), as the published code."""
+    return int(resize * scale)
+
+
+def check_scales(resize: int, scales: Sequence[float], patch_size: int = 16) -> None:
+    """Raise unless every scaled input side is a positive multiple of the patch size."""
+    if not scales:
+        raise ValueError("infer.scales is empty; give at least one scale, e.g. [1.0]")
+    bad = [s for s in scales if scaled_side(resize, s) <= 0 or scaled_side(resize, s) % patch_size]
+    if bad:
+        raise ValueError(f"infer.scales {bad} with infer.resize={resize} give input sides "
+                         f"{[scaled_side(resize, s) for s in bad]} that are not positive multiples of "
+                         f"{patch_size}; choose scales s with int({resize}·s) divisible by {patch_size}")
+
+
+def multiscale_logits(segment_fn: SegmentFn, image: torch.Tensor, resize: int = 320,
+                      scales: Sequence[float] = (0.7, 1.0, 1.2, 1.5), flip: bool = True,
+                      flip_unit_scale: bool = False) -> torch.Tensor:
+    """Multi-scale, flip-averaged logits (C+1)×H×W of one normalised 1×3×H×W image.
+
+    For every scale s the image is resized (bilinear, align_corners=False) to a square of side
+    int(resize·s); ``segment_fn`` maps the B×3×S×S batch to B×(C+1)×h×w logits, which are upsampled
+    to H×W (bilinear). With ``flip`` the image and its horizontal flip go through ``segment_fn`` as
+    one batch of two, and the flip's logits (flipped back) are averaged with the image's.
+    Quirk (published VOC code): at s = 1 the flip is left out unless ``flip_unit_scale`` (the
+    published COCO code flips at every scale). The result is the mean over the scales.
+    """
+    if image.ndim != 4 or image.shape[:2] != (1, 3):
+        raise ValueError(f"expected one normalised image of shape 1×3×H×W, got {tuple(image.shape)}")
+    size = image.shape[-2:]
+    total = None
+    for scale in scales:
+        side = scaled_side(resize, scale)
+        resized = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
+        with_flip = flip and (scale != 1.0 or flip_unit_scale)
+        batch = torch.cat([resized, resized.flip(-1)]) if with_flip else resized
+        logits = F.interpolate(segment_fn(batch).float(), size=size, mode="bilinear", align_corners=False)
+        logits = (logits[0] + logits[1].flip(-1)) / 2 if with_flip else logits[0]
+        total = logits if total is None else total + logits
+    return total / len(scales)
+
+
+def reduce_logits(logits: torch.Tensor, stride: int) -> np.ndarray:
+    """(C+1)×H×W logits → numpy (C+1)×⌈H/stride⌉×⌈W/stride⌉ for the CRF workers.
+
+    stride 1 keeps the full-resolution float32 logits (the published pipeline); larger strides
+    resample bilinearly and store float16 (the workers upsample back to H×W before the CRF).
+    """
+    if stride < 1:
+        raise ValueError(f"infer.logit_stride={stride} must be >= 1")
+    if stride == 1:
+        return logits.float().cpu().numpy()
+    size = (math.ceil(logits.shape[-2] / stride), math.ceil(logits.shape[-1] / stride))
+    small = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return small.half().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits, outputs and the CRF worker pool
+# ----------------------------------------------------------------------------------------------
+
+def is_test_split(split: str) -> bool:
+    """Splits whose name starts with ``test`` have no ground truth: predicted, never scored."""
+    return split.startswith("test")
+
+
+def check_masks(dataset: SegmentationDataset) -> None:
+    """Raise, naming the first image without a mask, unless every image of a scored split has one."""
+    missing = [item for item in dataset.items if item.mask_path is None]
+    if missing:
+        looked = ", ".join(map(str, mask_candidates(dataset.root, dataset.dataset, missing[0].image_id,
+                                                    dataset.split)))
+        raise FileNotFoundError(
+            f"split {dataset.split!r} is scored but image {missing[0].image_id!r} has no mask (looked for "
+            f"{looked}; {len(missing)} of {len(dataset)} missing). Provide the masks, or use a split whose "
+            f"name starts with 'test' to predict without scoring")
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where predictions of one run go."""
+
+    root: Path
+    submission: bool
+    overlays: bool
+
+    def write(self, kind: str, image_id: str, labels: np.ndarray) -> None:
+        """Write the class-index and colour PNGs of one prediction (``kind``: raw or crf)."""
+        write_mask(self.root / kind / f"{image_id}.png", labels)
+        write_image(self.root / f"{kind}_color" / f"{image_id}.png", colorize(labels))
+
+    def write_final(self, image_id: str, labels: np.ndarray, image: np.ndarray) -> None:
+        """The final prediction of an image: submission PNG and overlay where asked for."""
+        if self.submission:
+            write_mask(self.root / VOC_SUBMISSION_DIR / f"{image_id}.png", labels)
+        if self.overlays:
+            write_image(self.root / "overlay" / f"{image_id}.jpg", label_overlay(image, labels), jpeg_quality=90)
+
+
+def write_submission_archive(root: Path) -> Path:
+    """``<root>/results.tar.gz`` holding results/VOC2012/Segmentation/comp6_test_cls/*.png (atomic)."""
+    archive = root / "results.tar.gz"
+    folder = root / VOC_SUBMISSION_DIR
+
+    def build(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for png in sorted(folder.glob("*.png")):
+                tar.add(png, arcname=str(VOC_SUBMISSION_DIR / png.name))
+
+    atomic_write(archive, build)
+    return archive
+
+
+class _InlineExecutor(Executor):
+    """Runs submitted calls at once in this process (crf.workers = 0)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def crf_executor(workers: int) -> Executor:
+    """A pool of ``workers`` CRF processes (spawned: safe next to CUDA and threads), or inline for 0."""
+    if workers <= 0:
+        return _InlineExecutor()
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The inference run
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    image_id: str
+    image: np.ndarray
+    mask: torch.Tensor | None
+    raw: np.ndarray
+    crf: Future | None
+
+
+class SegmentationRun:
+    """State of one inference run on this rank: model, meters, outputs, CRF queue."""
+
+    def __init__(self, cfg: DictConfig, checkpoint: dict[str, Any], checkpoint_name: str,
+                 dataset: SegmentationDataset, layout: OutputLayout, device: torch.device):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.layout = layout
+        self.device = device
+        self.scored = not is_test_split(dataset.split)
+        self.crf = build_crf(cfg)
+        classes = cfg.dataset.num_classes + 1
+        self.raw_meter = ConfusionMeter(classes, device)
+        self.crf_meter = ConfusionMeter(classes, device)
+        self.model = build_model(cfg, device).eval()
+        load_head_weights(self.model, checkpoint, source=checkpoint_name)
+        self.scales = [float(s) for s in as_list(cfg.infer.scales)]
+        self.flip_unit_scale = bool(cfg.infer.flip_unit_scale)
+        check_scales(cfg.infer.resize, self.scales, self.model.encoder.patch_size)
+
+    def predict(self, image: np.ndarray) -> torch.Tensor:
+        """(C+1)×H×W multi-scale logits of an H×W×3 uint8 image."""
+        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None]
+        normalised = normalize(pixels, self.cfg.dataset.normalize)
+        return multiscale_logits(self.model.segment, normalised, self.cfg.infer.resize, self.scales,
+                                 self.cfg.infer.flip, self.flip_unit_scale)
+
+    def start(self, sample: dict[str, Any], executor: Executor) -> _Pending:
+        """Raw prediction of one sample (written and scored now) and its CRF job."""
+        image = sample["image"]
+        logits = self.predict(image)
+        raw = logits.argmax(dim=0).to(torch.uint8)
+        mask = sample["mask"].to(self.device) if self.scored else None
+        if mask is not None:
+            self.raw_meter.update(raw, mask)
+        raw = raw.cpu().numpy()
+        self.layout.write("raw", sample["id"], raw)
+        job = None
+        if self.crf is not None:
+            job = executor.submit(crf_from_logits, image, reduce_logits(logits, self.cfg.infer.logit_stride),
+                                  self.crf)
+        return _Pending(sample["id"], image, mask, raw, job)
+
+    def finish(self, pending: _Pending) -> None:
+        """Collect the CRF result of an image (if any), score it, write the final outputs."""
+        final = pending.raw
+        if pending.crf is not None:
+            final = pending.crf.result()
+            self.layout.write("crf", pending.image_id, final)
+            if pending.mask is not None:
+                self.crf_meter.update(torch.from_numpy(final).to(self.device), pending.mask)
+        self.layout.write_final(pending.image_id, final, pending.image)
+
+    def run(self, indices: Sequence[int]) -> None:
+        """Segment this rank's images, keeping up to 2·workers + 2 CRF jobs in flight."""
+        workers = self.cfg.crf.workers
+        max_pending = 2 * max(workers, 0) + 2 if self.crf is not None else 1
+        queue: deque[_Pending] = deque()
+        progress = tqdm(total=len(indices), desc=f"segment {self.dataset.split}", disable=not is_main(),
+                        dynamic_ncols=True)
+        with crf_executor(workers if self.crf is not None else 0) as executor:
+            for index in indices:
+                queue.append(self.start(self.dataset[index], executor))
+                while len(queue) >= max_pending:
+                    self.finish(queue.popleft())
+                    progress.update()
+            while queue:
+                self.finish(queue.popleft())
+                progress.update()
+        progress.close()
+
+    def report(self, out_dir: Path) -> dict[str, dict | None]:
+        """Sum the confusion matrices over ranks; rank 0 logs and saves the tables."""
+        results: dict[str, dict | None] = {"raw": None, "crf": None}
+        if not self.scored:
+            return results
+        names = ["background", *as_list(self.cfg.dataset.categories)]
+        for kind, meter in (("raw", self.raw_meter), ("crf", self.crf_meter)):
+            if kind == "crf" and self.crf is None:
+                continue
+            meter.all_reduce()
+            results[kind] = meter.scores()
+            if is_main():
+                log.info("%s segmentation, split %s:\n%s", kind, self.dataset.split,
+                            format_table(results[kind], names))
+                save_scores(results[kind], names, out_dir / f"scores_{kind}")
+        return results
+
+
+def default_out_dir(work_dir: str | os.PathLike, split: str, checkpoint: str | os.PathLike) -> Path:
+    """``<work_dir>/segment_<split>_<checkpoint file stem>``."""
+    return Path(work_dir) / f"segment_{split}_{Path(checkpoint).stem}"
+
+
+def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
+                     out_dir: str | os.PathLike | None = None) -> dict[str, dict | None]:
+    """Segment every image of ``split`` with the head in ``checkpoint``; write outputs to ``out_dir``.
+
+    Runs in one process or under torchrun (the split is sharded across ranks; scores are summed).
+    Returns ``{'raw': scores, 'crf': scores}`` (:func:`excel.metrics.scores` dicts; None when not
+    computed: test splits, or the CRF off).
+    """
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg.work_dir, split, checkpoint)
+    device = resolve_device(cfg.device)
+    owns_process_group = not is_distributed()
+    init_distributed(device)
+    try:
+        state = load_checkpoint(checkpoint)
+        test = is_test_split(split)
+        dataset = build_dataset(cfg, split, with_mask=False if test else "auto", with_labels=False)
+        if not test:
+            check_masks(dataset)
+        setup_logging(out_dir / "segment.log")
+        if is_main():
+            save_config(cfg, out_dir / "config.yaml")
+            log.info("segmenting %d images of split %r with %s → %s", len(dataset), split, checkpoint, out_dir)
+        layout = OutputLayout(out_dir, submission=test and cfg.dataset.name == "voc",
+                              overlays=cfg.infer.save_overlays)
+        run = SegmentationRun(cfg, state, str(checkpoint), dataset, layout, device)
+        run.run(shard(list(range(len(dataset)))))
+        results = run.report(out_dir)
+        barrier()
+        if layout.submission and is_main():
+            log.info("VOC test submission archive: %s", write_submission_archive(out_dir))
+        return results
+    finally:
+        if owns_process_group:
+            cleanup()

@@ -1,0 +1,173 @@
+"""File I/O shared by every stage: atomic writes, images, class-index masks, split lists, label files.
+
+Every file the project writes goes through :func:`atomic_write`: the content is written to a temporary
+file beside the target and renamed over it, so an interrupted run never leaves a half-written file.
+New files get the permissions the process umask allows (as ``open`` would give them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class DatasetError(ValueError):
+    """A dataset file exists but its content is unusable (corrupt, wrong values, wrong size)."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB; grayscale images are stacked to 3 channels."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot decode image {path} ({error}); replace the file with a valid "
+                           "image") from error
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a class-index PNG (palette or grayscale) as an H×W uint8 array of indices."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            mode = mask.mode
+            array = np.asarray(mask)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(f"cannot decode mask {path} ({error}); replace the file with a valid "
+                           "class-index PNG") from error
+    if mode not in ("P", "L"):
+        raise DatasetError(f"mask {path} has PIL mode {mode}; masks must be single-channel "
+                           "class-index PNGs (palette 'P' or grayscale 'L'), not colour images")
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def voc_palette() -> np.ndarray:
+    """The PASCAL VOC colour map: 256×3 uint8, entry i is the colour of class index i."""
+    index = np.arange(256)
+    palette = np.zeros((256, 3), dtype=np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= ((index >> channel) & 1) << (7 - bit)
+        index = index >> 3
+    return palette.astype(np.uint8)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The target appears complete or not at all; on any error the temporary file is removed and an
+    existing file at ``path`` is left as it was. The file gets mode 0666 minus the umask.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a binary file atomically."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: str | os.PathLike, value: object) -> None:
+    """Write ``value`` as indented UTF-8 JSON (key order kept), atomically."""
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def as_label_map(label: np.ndarray) -> np.ndarray:
+    """An H×W class-index map as contiguous uint8; raises on other shapes or values outside 0..255."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be H×W, got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must lie in 0..255, got {label.min()}..{label.max()}")
+    return np.ascontiguousarray(label, dtype=np.uint8)
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an H×W class-index map as a palette PNG (pixel value = class index, 255 = ignore), atomically.
+
+    ``palette``: 256×3 uint8 colours (default: the VOC palette).
+    """
+    image = Image.fromarray(as_label_map(mask))
+    image.putpalette((voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)).tobytes())
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write an H×W×3 uint8 RGB image, atomically: JPEG for a .jpg/.jpeg path, PNG otherwise."""
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        atomic_write(path, lambda tmp: picture.save(tmp, format="JPEG", quality=jpeg_quality))
+    else:
+        atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Read a ``labels.json`` file: {image id: [foreground class indices]}."""
+    path = Path(path)
+    try:
+        labels = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"cannot parse label file {path} ({error}); regenerate it with "
+                           "tools/make_splits.py") from error
+    if not isinstance(labels, dict) or not all(isinstance(v, list) for v in labels.values()):
+        raise DatasetError(f"label file {path} must be a JSON object {{image id: [classes]}}")
+    return labels
+
+
+def write_labels(path: str | os.PathLike, labels: dict[str, list[int]]) -> None:
+    """Write a ``labels.json`` file, one image per line, ids sorted."""
+    lines = [f"{json.dumps(key)}: {json.dumps(labels[key])}" for key in sorted(labels)]
+    write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Split lists and dataset layout
+
+
+def read_split(path: str | os.PathLike, hint: str = "") -> list[str]:
+    """Read a split list (one image id per line, blank lines skipped); raise if missing/empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} not found; {hint or 'create it'}")
+    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"split list {path} is empty; list one image id per line")
+    return ids
+
+
+def write_split(path: str | os.PathLike, ids: Sequence[str]) -> None:
+    """Write a split list, one image id per line."""
+    write_text(path, "".join(f"{image_id}\n" for image_id in ids))
+

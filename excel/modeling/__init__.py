@@ -1,0 +1,1 @@
+"""The model: frozen CLIP with SVC and LVC, text enrichment, CAMs, the learnable head, ExCEL."""

@@ -1,0 +1,198 @@
+"""Frozen CLIP ViT image encoder with Static and Learnable Visual Calibration (docs/method.md §2, §7).
+
+Our own forward over open_clip's modules and weights. The last `svc_layers` blocks run two streams:
+the original CLIP stream x_o and the calibrated stream x_s, which adds the output of an
+intra-correlation ("q-q / k-k / v-v") attention and skips the MLP.
+
+LVC adds a shift E (B×hw×hw) to every head's calibration attention on the patch–patch block. As the
+calibration attention is summed over heads and then applied to every head's values, the shift adds
+``H · E · V_l`` (patch rows) to the merged attention output of layer l, i.e.
+``H · E · (V_l W_lᵀ)`` after out_proj. Summed over the SVC layers this is ``H · E · U`` with
+``U = Σ_l V_l W_lᵀ``, which the forward caches: a dynamic CAM costs one B×hw×hw by B×hw×D_v product
+instead of a second backbone pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DenseOutput:
+    """What one frozen forward yields (N = 1 + h·w tokens, CLS first).
+
+    tokens:        B×N×D   projected tokens P (calibrated stream when SVC is on)
+    attn_maps:     L×B×N×N recorded attention (head mean for plain blocks, head sum for SVC blocks)
+    layer_outputs: L×B×N×D_v  output tokens of every block (original stream)
+    grid:          (h, w) patch grid
+    calibrated:    B×N×D_v  calibrated stream before ln_post (CLS already from the original stream)
+    lvc_values:    B×hw×D_v  U = Σ_l V_l W_lᵀ over the SVC layers (patch rows), for LVC
+    num_heads:     attention heads per block
+    """
+
+    tokens: torch.Tensor
+    attn_maps: torch.Tensor
+    layer_outputs: torch.Tensor
+    grid: tuple[int, int]
+    calibrated: torch.Tensor | None = None
+    lvc_values: torch.Tensor | None = None
+    num_heads: int = 1
+
+
+class DenseCLIPEncoder(nn.Module):
+    """Dense forward of an open_clip ``VisionTransformer`` (frozen, eval mode, no grad).
+
+    Args:
+        visual: ``clip_model.visual`` of an open_clip CLIP with a ViT image tower.
+        svc_layers: number of final blocks that run Static Visual Calibration.
+        svc_enabled: when False the tokens P are CLIP's ordinary output tokens.
+        published_layer_records: record the layer outputs as the published code ends up holding them.
+            Its SVC blocks update tensors in place after they were recorded: the output of block
+            L−S becomes the final calibrated stream, and the outputs of blocks L−S+1..L−1 gain the
+            attention output of the next block. On by default, since the published numbers were produced
+            this way; off: every record is the clean x_o (docs/method.md §2).
+    """
+
+    def __init__(self, visual: nn.Module, svc_layers: int = 5, svc_enabled: bool = True,
+                 published_layer_records: bool = True):
+        super().__init__()
+        blocks = visual.transformer.resblocks
+        if not 0 < svc_layers <= len(blocks):
+            raise ValueError(f"svc.layers={svc_layers} must be in 1..{len(blocks)} (the model has {len(blocks)} blocks)")
+        self.visual = visual
+        self.svc_layers = svc_layers
+        self.svc_enabled = svc_enabled
+        self.published_layer_records = published_layer_records and svc_enabled
+        self.patch_size = visual.conv1.kernel_size[0]
+        self.num_heads = blocks[0].attn.num_heads
+        pos = visual.positional_embedding.detach()
+        side = int(round((pos.shape[0] - 1) ** 0.5))
+        if side * side != pos.shape[0] - 1:
+            raise ValueError("the pretrained positional embedding is not a square grid")
+        self.pretrained_grid = side
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "DenseCLIPEncoder":
+        """The backbone always stays in eval mode."""
+        return super().train(False)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer blocks L."""
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        """Token width D_v of the blocks."""
+        return self.visual.conv1.out_channels
+
+    def positional_embedding(self, h: int, w: int) -> torch.Tensor:
+        """(1 + h·w)×D_v: the pretrained grid bilinearly resized to h×w (always from the pretrained grid)."""
+        pos = self.visual.positional_embedding
+        cls_pos, grid_pos = pos[:1], pos[1:]
+        if (h, w) != (self.pretrained_grid, self.pretrained_grid):
+            g = self.pretrained_grid
+            grid_pos = grid_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+            grid_pos = F.interpolate(grid_pos, size=(h, w), mode="bilinear", align_corners=False)
+            grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(h * w, -1)
+        return torch.cat([cls_pos, grid_pos], dim=0)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """B×3×H×W → tokens B×N×D_v after ln_pre, and the grid (h, w)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
+        H, W = images.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image size {H}×{W} is not divisible by the patch size {p}; "
+                             f"resize or pad the input to a multiple of {p}")
+        visual = self.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(h, w).to(x.dtype)
+        return visual.ln_pre(x), (h, w)
+
+    def _qkv(self, block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of a block, each B×H×N×d."""
+        attn = block.attn
+        B, N, D = x.shape
+        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        """B×H×N×d → B×N×(H·d)."""
+        B, H, N, d = x.shape
+        return x.transpose(1, 2).reshape(B, N, H * d)
+
+    @staticmethod
+    def _self_attention(x: torch.Tensor, scale: float) -> torch.Tensor:
+        return torch.softmax(x @ x.transpose(-2, -1) * scale, dim=-1)
+
+    def calibration_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """SVC intra-correlation attention summed over heads: B×N×N (docs/method.md §2)."""
+        scale = q.shape[-1] ** -0.5
+        per_head = (self._self_attention(q, scale) + self._self_attention(k, scale)
+                    + self._self_attention(v, scale)) / 3
+        return per_head.sum(dim=1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, calibrate: bool = True) -> DenseOutput:
+        """B×3×H×W (normalised) → :class:`DenseOutput`.
+
+        With `calibrate=False` the SVC stream is skipped (for callers that only need the recorded maps
+        and layer outputs, e.g. the decoder at inference): `tokens` are then CLIP's ordinary tokens.
+        The published layer records need the SVC stream, so they keep it on.
+        """
+        calibrate = (calibrate or self.published_layer_records) and self.svc_enabled
+        x, grid = self.embed(images)
+        blocks = self.visual.transformer.resblocks
+        first_svc = len(blocks) - self.svc_layers
+        attn_maps, layer_outputs = [], []
+        x_s, lvc_values = None, None
+        for index, block in enumerate(blocks):
+            svc = index >= first_svc
+            if svc and x_s is None:
+                x_s = x.clone()
+            q, k, v = self._qkv(block, x)
+            attn = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+            out_proj = block.attn.out_proj
+            attn_out = block.ls_1(out_proj(self._merge(attn @ v)))
+            if svc and index > first_svc and self.published_layer_records:
+                layer_outputs[-1] = layer_outputs[-1] + attn_out
+            x = x + attn_out
+            x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            attn_maps.append(attn.sum(dim=1) if svc else attn.mean(dim=1))
+            layer_outputs.append(x)
+            if svc and calibrate:
+                calib = self.calibration_attention(q, k, v)
+                x_s = x_s + out_proj(self._merge(calib.unsqueeze(1) @ v))
+                values = self._merge(v)[:, 1:] @ out_proj.weight.T
+                lvc_values = values if lvc_values is None else lvc_values + values
+        if calibrate:
+            x_s = torch.cat([x[:, :1], x_s[:, 1:]], dim=1)
+            tokens = self.project(x_s)
+            if self.published_layer_records:
+                layer_outputs[first_svc - 1] = x_s
+        else:
+            x_s, tokens = None, self.project(x)
+        return DenseOutput(tokens=tokens, attn_maps=torch.stack(attn_maps), layer_outputs=torch.stack(layer_outputs),
+                           grid=grid, calibrated=x_s, lvc_values=lvc_values, num_heads=self.num_heads)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """B×N×D_v → B×N×D: ln_post and the visual projection."""
+        x = self.visual.ln_post(x)
+        return x @ self.visual.proj if self.visual.proj is not None else x
+
+    def lvc_tokens(self, out: DenseOutput, shift: torch.Tensor) -> torch.Tensor:
+        """Projected tokens P (B×N×D) of the calibrated stream with LVC's shift E (B×hw×hw) added (docs/method.md §7)."""
+        if out.calibrated is None or out.lvc_values is None:
+            raise RuntimeError("LVC needs the SVC stream: build the encoder with svc_enabled=True")
+        patches = out.calibrated[:, 1:] + out.num_heads * (shift.to(out.lvc_values.dtype) @ out.lvc_values)
+        return self.project(torch.cat([out.calibrated[:, :1], patches], dim=1))

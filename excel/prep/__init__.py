@@ -1,0 +1,2 @@
+"""Offline preparation, never imported by training or inference: splits, COCO masks, description files,
+knowledge-base banks, synthetic scenes and the demo's helpers."""

@@ -1,0 +1,1 @@
+"""Helpers used across stages: distributed processes, logging, pictures of labels."""
