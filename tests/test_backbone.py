@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from excel.modeling.backbone import DenseCLIPEncoder
-from excel.modeling.lvc import lvc_shift
+from excel.modeling.lvc import lvc_shift, lvc_stream
 
 
 def reference_forward(visual, images, svc_layers=5, shift=None):
@@ -91,7 +91,7 @@ def test_lvc_from_cache_equals_second_pass(tiny_clip, images):
     shift = lvc_shift(features)
     with torch.no_grad():
         expected = reference_forward(tiny_clip.visual, images, shift=shift)
-        got = encoder.lvc_tokens(out, shift)
+        got = encoder.project(lvc_stream(out, shift))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, out.tokens, atol=1e-3)   # the shift does change the tokens
 

@@ -94,7 +94,7 @@ def test_format_table_and_save_scores(tmp_path):
     save_scores(result, names, tmp_path / "out" / "val_scores")
     assert (tmp_path / "out" / "val_scores.txt").read_text().strip() == table
     record = json.loads((tmp_path / "out" / "val_scores.json").read_text())
-    assert record["class_names"] == names and record["iou"][1] is None
+    assert record["categories"] == names and record["iou"][1] is None
     assert record["miou"] == pytest.approx(result["miou"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["val_scores.json", "val_scores.txt"]
 

@@ -98,11 +98,11 @@ def test_multiscale_single_scale_is_upsampled_logits():
 
 
 def test_scales_must_give_patch_multiples():
-    check_scales(320, [0.7, 1.0, 1.2, 1.5])
+    check_scales(320, [0.7, 1.0, 1.2, 1.5], 16)
     with pytest.raises(ValueError, match=r"infer.scales \[0.75\] .* sides \[24\]"):
-        check_scales(32, [1.0, 0.75])
+        check_scales(32, [1.0, 0.75], 16)
     with pytest.raises(ValueError, match="empty"):
-        check_scales(320, [])
+        check_scales(320, [], 16)
 
 
 def test_reduce_logits():

@@ -126,7 +126,7 @@ def test_custom_dataset_needs_num_classes(tiny_voc: Path, tmp_path: Path) -> Non
     assert (tmp_path / "custom" / "labels.json").read_text() == \
         (tiny_voc / "splits" / "labels.json").read_text()
     with pytest.raises(DatasetError, match=r"values \[20\] outside"):
-        make_voc_splits(tiny_voc, tmp_path / "custom19", num_classes=19, class_names=None,
+        make_voc_splits(tiny_voc, tmp_path / "custom19", num_classes=19, categories=None,
                         dataset="custom")
 
 

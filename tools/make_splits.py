@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         splits = make_coco_splits(args.root, out_dir, args.num_classes or 80,
                                   args.val_subset_size, args.seed, args.workers)
     else:
-        class_names = None if args.dataset == "custom" else VOC_CATEGORIES
-        splits = make_voc_splits(args.root, out_dir, args.num_classes or 20, class_names,
+        categories = None if args.dataset == "custom" else VOC_CATEGORIES
+        splits = make_voc_splits(args.root, out_dir, args.num_classes or 20, categories,
                                  args.dataset, args.workers)
     for split, ids in splits.items():
         print(f"{split}: {len(ids)} images")

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from excel.utils.distributed import all_reduce_sum
 
 __all__ = ["confusion_matrix", "scores", "format_table", "save_scores", "ConfusionMeter"]
 
@@ -81,16 +82,16 @@ def _percent(value: float) -> str:
     return "   n/a" if math.isnan(value) else f"{100 * value:6.2f}"
 
 
-def format_table(scores: dict[str, Any], class_names: Sequence[str]) -> str:
+def format_table(scores: dict[str, Any], categories: Sequence[str]) -> str:
     """Per-class table of IoU / precision / recall in %, followed by mIoU and pixel accuracy."""
-    if len(class_names) != len(scores["iou"]):
+    if len(categories) != len(scores["iou"]):
         raise ValueError(
-            f"{len(class_names)} class names given for {len(scores['iou'])} classes "
+            f"{len(categories)} class names given for {len(scores['iou'])} classes "
             "(class names must include background)"
         )
-    width = max(len("class"), *(len(name) for name in class_names))
+    width = max(len("class"), *(len(name) for name in categories))
     lines = [f"{'class':<{width}}    IoU   Prec    Rec"]
-    for index, name in enumerate(class_names):
+    for index, name in enumerate(categories):
         row = [_percent(scores[key][index]) for key in ("iou", "precision", "recall")]
         marker = "" if scores["present"][index] else "  (absent)"
         lines.append(f"{name:<{width}} " + " ".join(row) + marker)
@@ -119,12 +120,12 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_scores(scores: dict[str, Any], class_names: Sequence[str], path_prefix: str | os.PathLike) -> None:
+def save_scores(scores: dict[str, Any], categories: Sequence[str], path_prefix: str | os.PathLike) -> None:
     """Write ``<prefix>.txt`` (the table) and ``<prefix>.json`` (scores with class names; NaN as null)."""
     prefix = Path(path_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    record = {"class_names": list(class_names), **scores}
-    _write_atomic(prefix.with_name(prefix.name + ".txt"), format_table(scores, class_names) + "\n")
+    record = {"categories": list(categories), **scores}
+    _write_atomic(prefix.with_name(prefix.name + ".txt"), format_table(scores, categories) + "\n")
     _write_atomic(prefix.with_name(prefix.name + ".json"), json.dumps(_json_safe(record), indent=2) + "\n")
 
 
@@ -146,13 +147,7 @@ class ConfusionMeter:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks when torch.distributed is initialised (no-op otherwise)."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        matrix = self.matrix
-        if dist.get_backend() == "nccl" and matrix.device.type != "cuda":
-            matrix = matrix.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(matrix, op=dist.ReduceOp.SUM)
-        self.matrix = matrix.to(self.matrix.device)
+        self.matrix = all_reduce_sum(self.matrix)
 
     def scores(self) -> dict[str, Any]:
         return scores(self.matrix)

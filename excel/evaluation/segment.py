@@ -77,7 +77,7 @@ def scaled_side(resize: int, scale: float) -> int:
     return int(resize * scale)
 
 
-def check_scales(resize: int, scales: Sequence[float], patch_size: int = 16) -> None:
+def check_scales(resize: int, scales: Sequence[float], patch_size: int) -> None:
     """Raise unless every scaled input side is a positive multiple of the patch size."""
     if not scales:
         raise ValueError("infer.scales is empty; give at least one scale, e.g. [1.0]")

@@ -2,14 +2,8 @@
 
 Our own forward over open_clip's modules and weights. The last `svc_layers` blocks run two streams:
 the original CLIP stream x_o and the calibrated stream x_s, which adds the output of an
-intra-correlation ("q-q / k-k / v-v") attention and skips the MLP.
-
-LVC adds a shift E (B×hw×hw) to every head's calibration attention on the patch–patch block. As the
-calibration attention is summed over heads and then applied to every head's values, the shift adds
-``H · E · V_l`` (patch rows) to the merged attention output of layer l, i.e.
-``H · E · (V_l W_lᵀ)`` after out_proj. Summed over the SVC layers this is ``H · E · U`` with
-``U = Σ_l V_l W_lᵀ``, which the forward caches: a dynamic CAM costs one B×hw×hw by B×hw×D_v product
-instead of a second backbone pass.
+intra-correlation ("q-q / k-k / v-v") attention and skips the MLP. The forward also caches what
+Learnable Visual Calibration needs (``lvc_values``; see excel/modeling/lvc.py).
 """
 from __future__ import annotations
 
@@ -189,10 +183,3 @@ class DenseCLIPEncoder(nn.Module):
         """B×N×D_v → B×N×D: ln_post and the visual projection."""
         x = self.visual.ln_post(x)
         return x @ self.visual.proj if self.visual.proj is not None else x
-
-    def lvc_tokens(self, out: DenseOutput, shift: torch.Tensor) -> torch.Tensor:
-        """Projected tokens P (B×N×D) of the calibrated stream with LVC's shift E (B×hw×hw) added (docs/method.md §7)."""
-        if out.calibrated is None or out.lvc_values is None:
-            raise RuntimeError("LVC needs the SVC stream: build the encoder with svc_enabled=True")
-        patches = out.calibrated[:, 1:] + out.num_heads * (shift.to(out.lvc_values.dtype) @ out.lvc_values)
-        return self.project(torch.cat([out.calibrated[:, :1], patches], dim=1))

@@ -9,7 +9,7 @@ from torch import nn
 from excel.modeling.backbone import DenseCLIPEncoder, DenseOutput
 from excel.modeling.cam import surgery_cams
 from excel.modeling.head import ExCELHead
-from excel.modeling.lvc import lvc_shift
+from excel.modeling.lvc import lvc_shift, lvc_stream
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ExCEL(nn.Module):
     def dynamic_cams(self, dense: DenseOutput, features: torch.Tensor) -> torch.Tensor:
         """CAMs with LVC (docs/method.md §7) from the cached SVC stream and adapter features F: B×C×h×w."""
         shift = lvc_shift(features.detach(), self.lvc_mean_weight, self.lvc_scale)
-        tokens = self.encoder.lvc_tokens(dense, shift)
+        tokens = self.encoder.project(lvc_stream(dense, shift))
         return surgery_cams(tokens, self.text, self.num_classes, dense.grid)
 
     @torch.no_grad()

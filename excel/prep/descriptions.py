@@ -89,7 +89,7 @@ def description_prefix(class_key: str, prefix_template: str = DEFAULT_PREFIX_TEM
     return prefix_template.format(class_key)
 
 
-def class_names(class_key: str, aliases: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+def alias_words(class_key: str, aliases: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
     """Words and phrases that name ``class_key``: the key, its spaced form and its aliases."""
     table = CLASS_ALIASES if aliases is None else aliases
     spaced = " ".join(re.findall(r"[a-z0-9]+", class_key.lower()))
@@ -128,7 +128,7 @@ def _name_pattern(names: Sequence[str]) -> re.Pattern[str]:
 def _mention_patterns(
     class_keys: Sequence[str], aliases: Mapping[str, Sequence[str]] | None
 ) -> dict[str, re.Pattern[str]]:
-    return {key: _name_pattern(class_names(key, aliases)) for key in class_keys}
+    return {key: _name_pattern(alias_words(key, aliases)) for key in class_keys}
 
 
 def _other_class_mentions(body: str, class_key: str, patterns: Mapping[str, re.Pattern[str]]) -> list[str]:

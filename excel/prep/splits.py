@@ -62,8 +62,8 @@ def choose_subset(ids: Sequence[str], size: int, seed: int) -> list[str]:
 
 
 def collect_labels(root: Path, dataset: str, splits: dict[str, list[str]], num_classes: int,
-                   class_names: Sequence[str] | None, workers: int) -> dict[str, list[int]]:
-    """Labels of every listed image: from its mask, else its VOC XML (if class_names), else none."""
+                   categories: Sequence[str] | None, workers: int) -> dict[str, list[int]]:
+    """Labels of every listed image: from its mask, else its VOC XML (if categories), else none."""
     mask_ids, mask_paths, xml_ids = [], [], []
     seen = set()
     for split, ids in splits.items():
@@ -76,12 +76,12 @@ def collect_labels(root: Path, dataset: str, splits: dict[str, list[str]], num_c
             if mask_path is not None:
                 mask_ids.append(image_id)
                 mask_paths.append(mask_path)
-            elif class_names is not None and xml_path.is_file():
+            elif categories is not None and xml_path.is_file():
                 xml_ids.append(image_id)
     read = partial(labels_from_mask_file, num_classes=num_classes)
     labels = dict(zip(mask_ids, parallel_map(read, mask_paths, workers, "labels from masks")))
     for image_id in xml_ids:
-        labels[image_id] = labels_from_voc_xml(root / "Annotations" / f"{image_id}.xml", class_names)
+        labels[image_id] = labels_from_voc_xml(root / "Annotations" / f"{image_id}.xml", categories)
     return labels
 
 
@@ -93,13 +93,13 @@ def write_splits(out_dir: Path, splits: dict[str, list[str]], labels: dict[str, 
 
 
 def make_voc_splits(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                    num_classes: int = 20, class_names: Sequence[str] | None = VOC_CATEGORIES,
+                    num_classes: int = 20, categories: Sequence[str] | None = VOC_CATEGORIES,
                     dataset: DatasetName = "voc", workers: int = 1) -> dict[str, list[str]]:
     """Split lists and labels.json for a VOC-layout dataset.
 
     train/val/test are copied from ImageSets/Segmentation (those present); train_aug is every
     image with a mask in SegmentationClassAug minus val (10,582 images for the standard release).
-    Labels come from SegmentationClassAug, else SegmentationClass masks, else (when class_names
+    Labels come from SegmentationClassAug, else SegmentationClass masks, else (when categories
     is given) Annotations/<id>.xml object names; ids with none of these get no entry (e.g. test).
     """
     root = Path(root)
@@ -117,7 +117,7 @@ def make_voc_splits(root: str | os.PathLike, out_dir: str | os.PathLike | None =
                                 "provide ImageSets/Segmentation/{train,val}.txt")
     for split, ids in splits.items():
         check_images_exist(root, dataset, ids, split, list_dir / f"{split}.txt")
-    labels = collect_labels(root, dataset, splits, num_classes, class_names, workers)
+    labels = collect_labels(root, dataset, splits, num_classes, categories, workers)
     write_splits(out_dir, splits, labels)
     return splits
 
