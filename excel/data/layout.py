@@ -145,6 +145,11 @@ def find_mask(root: Path, dataset: str, image_id: str, split: str) -> Path | Non
     return None
 
 
+def dataset_folders(root: Path) -> list[Path]:
+    """The folders holding a dataset's images, masks and annotations (never written by a run)."""
+    return [root / "JPEGImages", *(root / folder for folder in VOC_MASK_FOLDERS), root / "Annotations"]
+
+
 def check_dataset_root(root: Path, dataset: str) -> None:
     """Raise a helpful error if the dataset folder or its image folder is missing."""
     if not (root / "JPEGImages").is_dir():
