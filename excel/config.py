@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from excel.classes import VOC_CATEGORIES
+from excel.io import write_text
 
 DEFAULTS: dict[str, Any] = {
     "dataset": {
@@ -258,11 +259,7 @@ def validate_config(cfg: DictConfig) -> None:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def as_list(value: ListConfig | Iterable) -> list:

@@ -4,7 +4,12 @@ import os
 import stat
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from excel.config import save_config
+from excel.engine.checkpoint import save_checkpoint
+from excel.evaluation.metrics import save_scores, scores
 from excel.io import (
     atomic_write,
     check_outside,
@@ -14,6 +19,7 @@ from excel.io import (
     read_split,
     write_text,
 )
+from excel.modeling.text_enrichment import save_bank
 
 HOSTILE_IDS = [
     "../escape",
@@ -90,3 +96,22 @@ def test_atomic_write_follows_the_umask(tmp_path, umask, mode):
     for name in ("new.txt", "bytes.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bytes.bin", "new.txt"]
+
+
+def test_every_writer_is_atomic_and_follows_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ckpt.pth", {"iteration": 1})
+        save_bank({"centers": torch.zeros(2, 3)}, tmp_path / "bank.pt")
+        save_config(OmegaConf.create({"a": 1}), tmp_path / "config.yaml")
+        save_scores(scores(torch.eye(2, dtype=torch.long)), ["background", "a"], tmp_path / "scores")
+        for writer, name in ((save_checkpoint, "ckpt.pth"), (lambda p, s: save_bank(s, p), "bank.pt")):
+            with pytest.raises(Exception):
+                writer(tmp_path / name, {"centers": lambda: None})      # cannot be pickled: the write fails
+    finally:
+        os.umask(previous)
+    names = ["bank.pt", "ckpt.pth", "config.yaml", "scores.json", "scores.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names       # no temporary file left behind
+    assert all(stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644 for name in names)
+    assert torch.load(tmp_path / "ckpt.pth") == {"iteration": 1}     # the failed write kept the old file
+    assert torch.load(tmp_path / "bank.pt")["centers"].shape == (2, 3)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from excel.io import write_text
+
 __all__ = ["confusion_matrix", "scores", "format_table", "save_scores", "ConfusionMeter"]
 
 
@@ -110,22 +112,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_scores(scores: dict[str, Any], class_names: Sequence[str], path_prefix: str | os.PathLike) -> None:
     """Write ``<prefix>.txt`` (the table) and ``<prefix>.json`` (scores with class names; NaN as null)."""
     prefix = Path(path_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     record = {"class_names": list(class_names), **scores}
-    _write_atomic(prefix.with_name(prefix.name + ".txt"), format_table(scores, class_names) + "\n")
-    _write_atomic(prefix.with_name(prefix.name + ".json"), json.dumps(_json_safe(record), indent=2) + "\n")
+    write_text(prefix.with_name(prefix.name + ".txt"), format_table(scores, class_names) + "\n")
+    write_text(prefix.with_name(prefix.name + ".json"), json.dumps(_json_safe(record), indent=2) + "\n")
 
 
 class ConfusionMeter:

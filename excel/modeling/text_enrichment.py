@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from excel.io import atomic_write
 from excel.modeling.descriptions import load_descriptions
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,8 @@ def shared_cluster_sets(bank: dict) -> list[list[str]]:
 
 
 def save_bank(bank: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bank, tmp)
-    os.replace(tmp, path)
+    """Write a bank dict with ``torch.save``, atomically."""
+    atomic_write(path, lambda tmp: torch.save(bank, tmp))
 
 
 def read_bank(path: str | os.PathLike) -> dict:
