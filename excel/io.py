@@ -185,6 +185,14 @@ def image_id_problem(image_id: str) -> str | None:
     return None
 
 
+def check_split_name(split: str) -> str:
+    """Return ``split`` if it is a plain file name (it names ``<split>.txt`` and output folders); else raise."""
+    if image_id_problem(split) is not None or "/" in split:
+        raise DatasetError(f"split name {split!r} must be a plain file name (it names <split>.txt and output "
+                           "folders), e.g. train or val")
+    return split
+
+
 def read_split(path: str | os.PathLike, hint: str = "") -> list[str]:
     """Read a split list (one image id per line, blank lines skipped); raise if missing/empty.
 

@@ -136,3 +136,12 @@ def test_skip_existing_recomputes_only_missing_outputs_and_keeps_the_scores(tiny
     assert sum(map(sum, first["confusion"])) > 0
     assert again["confusion"] == first["confusion"] and again["miou"] == first["miou"]
     assert json.loads((out / "pseudo_label_scores.json").read_text())["confusion"] == first["confusion"]
+
+
+def test_split_name_that_leaves_the_work_dir_is_refused(tiny_voc, tiny_clip_files, tmp_path):
+    cfg = load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **{"dataset.root": tiny_voc, "dataset.split": "../../escape",
+                                                "work_dir": tmp_path / "a" / "b", "tse.enabled": False}))
+    with pytest.raises(DatasetError, match="split name '../../escape' must be a plain file name"):
+        run_pseudo_labels(cfg)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "cache")]

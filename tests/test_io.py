@@ -13,6 +13,7 @@ from excel.evaluation.metrics import save_scores, scores
 from excel.io import (
     atomic_write,
     check_outside,
+    check_split_name,
     DatasetError,
     image_id_problem,
     output_path,
@@ -115,3 +116,10 @@ def test_every_writer_is_atomic_and_follows_the_umask(tmp_path):
     assert all(stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644 for name in names)
     assert torch.load(tmp_path / "ckpt.pth") == {"iteration": 1}     # the failed write kept the old file
     assert torch.load(tmp_path / "bank.pt")["centers"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("split", ["../../x", "a/b", "..", "", "/abs", "a\\b"])
+def test_split_names_that_are_not_plain_file_names_are_refused(split):
+    with pytest.raises(DatasetError, match="must be a plain file name"):
+        check_split_name(split)
+    assert check_split_name("train_aug") == "train_aug"

@@ -17,7 +17,7 @@ from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.checkpoint import load_head_weights
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.data.layout import dataset_folders
-from excel.io import check_outside, output_path, read_output_mask, write_image, write_mask
+from excel.io import check_outside, check_split_name, output_path, read_output_mask, write_image, write_mask
 from excel.labels.predict import ImagePrediction, predict_image
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
@@ -37,7 +37,7 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
     Runs in one process or under torchrun (the split is sharded across ranks and the confusion matrices are
     summed). Returns the scores.
     """
-    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.work_dir) / f"pseudo_labels_{cfg.dataset.split}"
+    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.work_dir) / f"pseudo_labels_{check_split_name(cfg.dataset.split)}"
     device = dist.resolve_device(cfg.device)
     owns_process_group = not dist.is_distributed()
     dist.init_distributed(device)

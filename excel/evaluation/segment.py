@@ -51,7 +51,7 @@ from excel.data.transforms import normalize
 from excel.engine.checkpoint import load_checkpoint, load_head_weights
 from excel.evaluation.crf import crf_from_logits
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores
-from excel.io import atomic_write, check_outside, output_path, read_output_mask, write_image, write_mask
+from excel.io import atomic_write, check_outside, check_split_name, output_path, read_output_mask, write_image, write_mask
 from excel.utils.distributed import (
     barrier,
     cleanup,
@@ -364,7 +364,7 @@ class SegmentationRun:
 
 def default_out_dir(work_dir: str | os.PathLike, split: str, checkpoint: str | os.PathLike) -> Path:
     """``<work_dir>/segment_<split>_<checkpoint file stem>``."""
-    return Path(work_dir) / f"segment_{split}_{Path(checkpoint).stem}"
+    return Path(work_dir) / f"segment_{check_split_name(split)}_{Path(checkpoint).stem}"
 
 
 def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
