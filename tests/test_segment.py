@@ -19,7 +19,7 @@ from excel.data.layout import find_mask
 from excel.data.transforms import normalize
 from excel.engine.checkpoint import save_checkpoint
 from excel.evaluation import segment
-from excel.evaluation.crf import DenseCRF, crf_from_logits
+from excel.evaluation.crf import DenseCRF, crf_from_logits, softmax, upsample_logits
 from excel.evaluation.segment import (
     VOC_SUBMISSION_DIR,
     check_scales,
@@ -204,7 +204,15 @@ def test_voc_val_predictions_match_direct_inference(voc, voc_val):
     image = read_image(root / "JPEGImages" / f"{image_id}.jpg")
     normalised = normalize(image, "imagenet")[None]
     logits = plain_multiscale(model.segment, normalised, 32, [0.5, 1.0, 1.5], flip=True)
+    # The pipeline batches each view with its flip, the plain version runs them one by one: the logits sum in
+    # different orders (they differ by ~1e-6). Exact label equality is sound here because every pixel has a
+    # clear top-2 margin (checked: > 1e-2; measured 0.74 for the logits, 0.97 for the CRF marginals).
+    top2 = logits.topk(2, dim=0).values
+    assert (top2[0] - top2[1]).min() > 1e-2
     np.testing.assert_array_equal(read_png(out / "raw" / f"{image_id}.png"), logits.argmax(0).numpy())
+    marginals = DenseCRF()(image, softmax(upsample_logits(reduce_logits(logits, 4), image.shape[:2])))
+    top2 = np.sort(marginals, axis=0)[-2:]
+    assert (top2[1] - top2[0]).min() > 1e-2
     crf = crf_from_logits(image, reduce_logits(logits, 4), DenseCRF())
     np.testing.assert_array_equal(read_png(out / "crf" / f"{image_id}.png"), crf)
     colour = read_png(out / "raw_color" / f"{image_id}.png")
@@ -231,6 +239,7 @@ def test_two_gloo_processes_match_one(voc, voc_val, tmp_path):
     cfg.crf.workers = 0
     torch.multiprocessing.start_processes(segment_as_rank, args=(2, free_port(), cfg, checkpoint, tmp_path),
                                           nprocs=2, start_method="fork")
+    # Exact: both runs segment one image at a time with one thread, so every image's sums run in the same order.
     for kind in ("raw", "crf"):
         assert json.loads((tmp_path / f"scores_{kind}.json").read_text()) == \
             json.loads((single / f"scores_{kind}.json").read_text())
