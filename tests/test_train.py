@@ -161,3 +161,13 @@ def test_resume_with_changed_optimisation_settings_is_refused_or_applied(full_ru
     assert group["lr"] == pytest.approx(1e-3 * (1 - 12 / 30))          # the new schedule: poly decay to 30
     allowed.scheduler.step()
     assert group["lr"] == pytest.approx(1e-3 * (1 - 13 / 30))
+
+
+def test_work_dir_inside_the_dataset_is_refused(tiny_voc, tiny_clip_files, tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    cfg = train_cfg(root, tiny_clip_files, tmp_path, "unused", **{"work_dir": root / "JPEGImages" / "run"})
+    with pytest.raises(DatasetError, match=rf"output folder {root / 'JPEGImages' / 'run'} lies inside the dataset "
+                                           rf"folder {root / 'JPEGImages'}"):
+        engine.train(cfg)
+    assert not (root / "JPEGImages" / "run").exists()

@@ -34,13 +34,14 @@ from excel.builders import (
 )
 from excel.config import as_list, ConfigError, save_config
 from excel.data.dataset import collate
+from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.checkpoint import load_checkpoint, load_head_weights, save_checkpoint
 from excel.engine.schedule import WarmupPoly
 from excel.engine.step import TrainingError, training_step
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
-from excel.io import DatasetError, voc_palette
+from excel.io import check_outside, DatasetError, voc_palette
 from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
@@ -232,7 +233,10 @@ class Trainer:
 
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
     """Refuse a new run into a work_dir that holds checkpoints (unless train.overwrite), and a resume
-    whose optimisation settings differ from the checkpoint's (unless train.resume_allow_changes)."""
+    whose optimisation settings differ from the checkpoint's (unless train.resume_allow_changes); never
+    write into a dataset's image / mask folders."""
+    if cfg.dataset.root is not None:
+        check_outside(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)), "the dataset folder", holds_ids=False)
     folder = Path(cfg.work_dir) / "checkpoints"
     found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
     if resume is None and found and not cfg.train.overwrite:
