@@ -37,7 +37,9 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
     Runs in one process or under torchrun (the split is sharded across ranks and the confusion matrices are
     summed). Returns the scores.
     """
-    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.work_dir) / f"pseudo_labels_{check_split_name(cfg.dataset.split)}"
+    if out_dir is None:
+        out_dir = Path(cfg.work_dir) / f"pseudo_labels_{check_split_name(cfg.dataset.split)}"
+    out_dir = Path(out_dir)
     device = dist.resolve_device(cfg.device)
     owns_process_group = not dist.is_distributed()
     dist.init_distributed(device)
@@ -62,7 +64,8 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
         for index in tqdm(dist.shard(list(range(len(dataset)))), disable=not dist.is_main(), desc="infer_lam"):
             sample = dataset[index]
             if cfg.infer.skip_existing and outputs.complete(sample["id"]):
-                label = torch.from_numpy(read_output_mask(outputs.label_path(sample["id"]), tuple(sample["size"].tolist()))).long()
+                size = tuple(sample["size"].tolist())
+                label = torch.from_numpy(read_output_mask(outputs.label_path(sample["id"]), size)).long()
                 skipped += 1
             else:
                 image = sample["image"][None].to(device)

@@ -51,7 +51,15 @@ from excel.data.transforms import normalize
 from excel.engine.checkpoint import load_checkpoint, load_head_weights
 from excel.evaluation.crf import crf_from_logits
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores
-from excel.io import atomic_write, check_outside, check_split_name, output_path, read_output_mask, write_image, write_mask
+from excel.io import (
+    atomic_write,
+    check_outside,
+    check_split_name,
+    output_path,
+    read_output_mask,
+    write_image,
+    write_mask,
+)
 from excel.utils.distributed import (
     barrier,
     cleanup,

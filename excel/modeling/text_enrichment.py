@@ -150,8 +150,9 @@ def load_or_build_bank(clip_model: nn.Module, tokenizer: Callable, *, bank_path:
     """The bank for TSE.
 
     An existing `bank_path` is used as is (after checking K, the embedding size and, when recorded, the
-    weights and the classes, which must equal `class_keys` in order). Otherwise the bank cached at `cache_path` is reused when its descriptions, CLIP weights and
-    K match, and rebuilt from `descriptions_path` when any of them changed.
+    weights and the classes, which must equal `class_keys` in order). Otherwise the bank cached at
+    `cache_path` is reused when its descriptions, CLIP weights and K match, and rebuilt from
+    `descriptions_path` when any of them changed.
     """
     embed_dim = clip_model.text_projection.shape[1]
     fingerprint = text_tower_fingerprint(clip_model)
