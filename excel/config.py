@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from excel.classes import VOC_CATEGORIES
+from excel.io import write_text
 
 DEFAULTS: dict[str, Any] = {
     "dataset": {
@@ -95,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
         "aff_radius": 8,
         "aff_switch_iter": 24000,           # from then on L_aff targets come from the decoder; null: never
         "eval_max_images": None,            # cap the validation split (null: all)
+        "overwrite": False,                 # a new run may replace the checkpoints already in work_dir
+        "resume_allow_changes": False,      # --resume may change optim.*, max_iters, batch_size, seed
     },
     "optim": {
         "lr": 1.0e-3,
@@ -112,6 +115,7 @@ DEFAULTS: dict[str, Any] = {
         "flip_unit_scale": False,           # also flip at scale 1.0 (the published COCO evaluation does)
         "save_overlays": False,
         "logit_stride": 1,                  # logits kept for the CRF at 1/stride resolution (4 saves memory)
+        "skip_existing": False,             # keep images whose outputs exist (read back for the scores)
     },
     "crf": {
         "enabled": True,
@@ -255,11 +259,7 @@ def validate_config(cfg: DictConfig) -> None:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def as_list(value: ListConfig | Iterable) -> list:

@@ -53,6 +53,16 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
+def read_output_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """A class-index PNG written by an earlier run (``infer.skip_existing``), checked to be H×W = ``size``."""
+    label = read_mask(path)
+    if label.shape != tuple(size):
+        raise DatasetError(f"existing output {path} is {label.shape[0]}×{label.shape[1]} but its image is "
+                           f"{size[0]}×{size[1]}; it belongs to another dataset: delete it or set "
+                           "infer.skip_existing=false")
+    return label.copy()
+
+
 def voc_palette() -> np.ndarray:
     """The PASCAL VOC colour map: 256×3 uint8, entry i is the colour of class index i."""
     index = np.arange(256)
@@ -156,18 +166,89 @@ def write_labels(path: str | os.PathLike, labels: dict[str, list[int]]) -> None:
 # Split lists and dataset layout
 
 
+def image_id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` cannot name files (None when it can).
+
+    An id is a relative path of plain components separated by ``/`` (COCO's ``train2014/…`` style is
+    legal): no absolute path, no ``.``/``..`` or empty component, no backslash, no control character.
+    """
+    if not image_id:
+        return "it is empty"
+    if any(ord(char) < 32 or ord(char) == 127 for char in image_id):
+        return "it contains a control character (NUL, tab, ...)"
+    if "\\" in image_id:
+        return "it contains a backslash"
+    if image_id.startswith("/"):
+        return "it is an absolute path"
+    if any(part in ("", ".", "..") for part in image_id.split("/")):
+        return "it has an empty, '.' or '..' path component"
+    return None
+
+
+def check_split_name(split: str) -> str:
+    """Return ``split`` if it is a plain file name (it names ``<split>.txt`` and output folders); else raise."""
+    if image_id_problem(split) is not None or "/" in split:
+        raise DatasetError(f"split name {split!r} must be a plain file name (it names <split>.txt and output "
+                           "folders), e.g. train or val")
+    return split
+
+
 def read_split(path: str | os.PathLike, hint: str = "") -> list[str]:
-    """Read a split list (one image id per line, blank lines skipped); raise if missing/empty."""
+    """Read a split list (one image id per line, blank lines skipped); raise if missing/empty.
+
+    Every id is checked with :func:`image_id_problem` (ids become file names of outputs).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split list {path} not found; {hint or 'create it'}")
-    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"split list {path} is not UTF-8 text ({error}); list one image id per line") from error
+    ids = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        image_id = line.strip().split()[0]
+        problem = image_id_problem(image_id)
+        if problem is not None:
+            raise DatasetError(f"split list {path}, line {number}: image id {image_id!r} is not a plain "
+                               f"relative name ({problem}); fix or remove the line")
+        ids.append(image_id)
     if not ids:
         raise DatasetError(f"split list {path} is empty; list one image id per line")
     return ids
 
 
+def output_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
+    """``<folder>/<image_id><suffix>``, refusing ids that would name a file outside ``folder``.
+
+    Symbolic links are followed, so a link inside ``folder`` that leads elsewhere is refused too.
+    """
+    folder = Path(folder)
+    problem = image_id_problem(image_id)
+    path = folder / f"{image_id}{suffix}"
+    if problem is None and path.resolve().is_relative_to(folder.resolve()) and path.resolve() != folder.resolve():
+        return path
+    raise DatasetError(f"image id {image_id!r} would write {path} outside the output folder {folder}"
+                       f"{f' ({problem})' if problem else ''}; fix the split list")
+
+
+def check_outside(output: str | os.PathLike, protected: Sequence[str | os.PathLike], what: str,
+                  holds_ids: bool = True) -> None:
+    """Raise unless ``output`` lies outside every folder of ``protected`` (e.g. a dataset's image folders).
+
+    ``holds_ids``: ``output`` receives files named by image ids, which may hold sub-folders, so a
+    protected folder inside it is refused too.
+    """
+    target = Path(output).resolve()
+    for folder in protected:
+        inside = target.is_relative_to(Path(folder).resolve())
+        if inside or (holds_ids and Path(folder).resolve().is_relative_to(target)):
+            raise DatasetError(f"output folder {output} {'lies inside' if inside else 'holds'} {what} {folder}; "
+                               "never write into a dataset: choose another output folder (--out / work_dir)")
+
+
 def write_split(path: str | os.PathLike, ids: Sequence[str]) -> None:
     """Write a split list, one image id per line."""
     write_text(path, "".join(f"{image_id}\n" for image_id in ids))
-

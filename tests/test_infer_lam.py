@@ -1,6 +1,7 @@
 """tools/infer_lam.py end to end on tiny VOC- and COCO-layout datasets with a tiny random CLIP."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from fixtures_clip import tiny_overrides
 from PIL import Image
 
 from excel.config import load_config
+from excel.evaluation import infer_lam
 from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.io import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +61,7 @@ def test_two_gloo_processes_equal_one(tiny_voc, tiny_clip_files, tmp_path):
         results[procs] = json.loads((out / "pseudo_label_scores.json").read_text())
         assert len(list((out / "pseudo_labels").iterdir())) == len((tiny_voc / "splits/train_aug.txt").read_text().split())
     assert sum(map(sum, results[1]["confusion"])) > 0
+    # Exact: both runs label one image at a time with one thread, so every image's sums run in the same order.
     assert results[1]["confusion"] == results[2]["confusion"]
 
 
@@ -66,3 +70,79 @@ def test_missing_dataset_is_a_clear_error(tiny_clip_files, tmp_path):
                                                                 **{"dataset.root": tmp_path / "nowhere"}))
     with pytest.raises(FileNotFoundError, match="make_splits"):
         run_pseudo_labels(cfg, out_dir=tmp_path / "out")
+
+
+def copy_dataset(tiny_voc, tmp_path):
+    """A private copy of the tiny VOC dataset (its split lists are edited by the test)."""
+    root = tmp_path / "VOC2012"
+    shutil.copytree(tiny_voc, root)
+    return root
+
+
+def file_snapshot(folder):
+    """{path: bytes} of every file below ``folder``."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("hostile", ["ABS", "../JPEGImages/2007_000033", "a/../../2007_000033"])
+def test_split_id_that_leaves_the_folders_is_refused_before_anything_is_written(tiny_voc, tiny_clip_files, tmp_path,
+                                                                             hostile):
+    root = copy_dataset(tiny_voc, tmp_path)
+    if hostile == "ABS":       # an absolute id finds the image, and its overlay would replace the source JPEG
+        hostile = str(root / "JPEGImages" / "2007_000033")
+    split = root / "splits" / "val.txt"
+    split.write_text(f"2007_000042\n{hostile}\n")
+    before = file_snapshot(tmp_path)
+    cfg = load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **{"dataset.root": root, "dataset.split": "val",
+                                                "infer.save_overlays": True, "tse.enabled": False}))
+    with pytest.raises(DatasetError, match=rf"split list {split}, line 2: image id"):
+        run_pseudo_labels(cfg, out_dir=tmp_path / "out" / "lam")
+    after = file_snapshot(tmp_path)
+    assert {p: v for p, v in after.items() if not p.is_relative_to(tmp_path / "out")} == before
+    assert not [p for p in after if p.is_relative_to(tmp_path / "out") and p.suffix in (".png", ".jpg")]
+
+
+@pytest.mark.parametrize("folder", ["JPEGImages", "SegmentationClass", "JPEGImages/out"])
+def test_output_folder_inside_the_dataset_is_refused(tiny_voc, tiny_clip_files, tmp_path, folder):
+    root = copy_dataset(tiny_voc, tmp_path)
+    before = file_snapshot(root)
+    cfg = load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **{"dataset.root": root, "dataset.split": "val", "tse.enabled": False}))
+    with pytest.raises(DatasetError, match=rf"output folder {root / folder}.* lies inside the dataset folder "
+                                           rf"{root / folder.split('/')[0]}"):
+        run_pseudo_labels(cfg, out_dir=root / folder)
+    assert file_snapshot(root) == before
+
+
+def test_skip_existing_recomputes_only_missing_outputs_and_keeps_the_scores(tiny_voc, tiny_clip_files, tmp_path,
+                                                                            monkeypatch):
+    calls = []
+    original = infer_lam.predict_image
+    monkeypatch.setattr(infer_lam, "predict_image", lambda *a, **k: calls.append(1) or original(*a, **k))
+    values = {"dataset.root": tiny_voc, "dataset.split": "val", "infer.save_overlays": True, "tse.enabled": False}
+    out = tmp_path / "out"
+    first = run_pseudo_labels(load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **values)), out_dir=out)
+    ids = (tiny_voc / "splits" / "val.txt").read_text().split()
+    assert len(calls) == len(ids)
+    written = file_snapshot(out / "pseudo_labels")
+    (out / "pseudo_labels" / f"{ids[1]}.png").unlink()
+    (out / "cams" / f"{ids[2]}.jpg").unlink()             # a missing overlay makes the image incomplete too
+    calls.clear()
+    again = run_pseudo_labels(load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **values, **{"infer.skip_existing": True})), out_dir=out)
+    assert len(calls) == 2
+    assert file_snapshot(out / "pseudo_labels") == written
+    assert sum(map(sum, first["confusion"])) > 0
+    assert again["confusion"] == first["confusion"] and again["miou"] == first["miou"]
+    assert json.loads((out / "pseudo_label_scores.json").read_text())["confusion"] == first["confusion"]
+
+
+def test_split_name_that_leaves_the_work_dir_is_refused(tiny_voc, tiny_clip_files, tmp_path):
+    cfg = load_config(ROOT / "configs/voc.yaml", tiny_overrides(
+        tiny_clip_files, tmp_path / "cache", **{"dataset.root": tiny_voc, "dataset.split": "../../escape",
+                                                "work_dir": tmp_path / "a" / "b", "tse.enabled": False}))
+    with pytest.raises(DatasetError, match="split name '../../escape' must be a plain file name"):
+        run_pseudo_labels(cfg)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "cache")]

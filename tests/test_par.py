@@ -125,7 +125,12 @@ def test_par_matches_straightforward_version(size):
     out, expected = fast(image, masks), plain(image, masks)
     assert out.shape == masks.shape and out.dtype == masks.dtype
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
-    assert torch.equal(out.argmax(dim=1), expected.argmax(dim=1))
+    # The batched sparse propagation and the loops sum in different orders: a near-tie may break either way,
+    # so the winning class is compared where the reference's top-2 margin exceeds float32 rounding noise.
+    top2 = expected.topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert decided.float().mean() > 0.99
+    assert torch.equal(out.argmax(dim=1)[decided], expected.argmax(dim=1)[decided])
 
 
 def test_par_affinity_matches_straightforward_version():

@@ -274,9 +274,14 @@ def test_pseudo_labels_match_per_image_reference(dynamic):
     decoder_aff = decoder_aff if dynamic else None
     par = PAR(num_iter=5)
     labels = pseudo_labels(cams, cls_labels, layer_aff, par_image, (12, 10), 0.5, par, decoder_aff)
-    expected = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (12, 10), 0.5, par, decoder_aff)
+    expected, margins = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (12, 10), 0.5, par,
+                                                 decoder_aff, with_margins=True)
     assert labels.shape == (3, 12, 10) and labels.dtype == torch.long
-    assert torch.equal(labels, expected)
+    # Batched vs per-image refinement and PAR sum in different orders: compare every pixel whose top-2
+    # margin exceeds float32 rounding noise (a near-tie may break either way on another CPU).
+    decided = margins > 1e-4
+    assert decided.float().mean() > 0.99
+    assert torch.equal(labels[decided], expected[decided])
     assert set(labels[0].unique().tolist()) <= {0, 2, 4}
     assert set(labels[1].unique().tolist()) <= {0, 1, 3, 5}
     assert len(labels[1].unique()) > 1

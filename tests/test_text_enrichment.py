@@ -1,5 +1,6 @@
 """Text Semantic Enrichment: class embeddings, the knowledge-base bank and attribute hunting (docs/method.md §3)."""
 import json
+import re
 
 import pytest
 import torch
@@ -58,10 +59,10 @@ def test_text_matrix_enriches_foreground_only():
     torch.testing.assert_close(tse.text_matrix(fg, bg, None), torch.cat([fg, bg]))
 
 
-def _bank(tiny_clip, tmp_path, descriptions, k=4, bank_path=None):
+def _bank(tiny_clip, tmp_path, descriptions, k=4, bank_path=None, classes=CLASSES):
     return tse.load_or_build_bank(tiny_clip, clip_tokenizer("tiny-clip-test"), bank_path=bank_path,
                                   cache_path=tmp_path / "cache" / "bank.pt", descriptions_path=str(descriptions),
-                                  class_keys=CLASSES, num_clusters=k)
+                                  class_keys=classes, num_clusters=k)
 
 
 def test_bank_is_cached_and_rebuilt_when_inputs_change(tiny_clip, tmp_path, monkeypatch):
@@ -109,6 +110,30 @@ def test_existing_bank_file_is_used_as_is_and_checked(tiny_clip, tmp_path):
     tse.save_bank({"centers": torch.randn(4, D), "clip_fingerprint": "0" * 32}, path)
     with pytest.raises(tse.KnowledgeBankError, match="other CLIP weights"):
         _bank(tiny_clip, tmp_path, tmp_path / "x.json", bank_path=str(path))
+
+
+def test_existing_bank_for_other_classes_is_refused(tiny_clip, tmp_path):
+    descriptions = write_descriptions(tmp_path / "d.json")
+    path = tmp_path / "given.pt"
+    built = _bank(tiny_clip, tmp_path, descriptions, bank_path=str(path))     # built for CLASSES, saved at path
+    assert built["classes"] == list(CLASSES)
+    torch.testing.assert_close(_bank(tiny_clip, tmp_path, descriptions, bank_path=str(path))["centers"],
+                               built["centers"])
+    for other in ([*CLASSES[:-1], "teapot"], list(reversed(CLASSES)), list(CLASSES[:-1])):
+        with pytest.raises(tse.KnowledgeBankError, match=re.escape(f"tse.bank: {path} was built for the classes "
+                                                                   f"{list(CLASSES)} but dataset.categories is "
+                                                                   f"{other}")):
+            _bank(tiny_clip, tmp_path, descriptions, bank_path=str(path), classes=other)
+
+
+def test_published_bank_formats_without_classes_are_accepted(tiny_clip, tmp_path):
+    D = tiny_clip.text_projection.shape[1]
+    centers = torch.randn(4, D)
+    for name, content in (("list.pt", [centers.T.contiguous(), torch.zeros(3, 4)]), ("dict.pt", {"centers": centers})):
+        torch.save(content, tmp_path / name)
+        bank = _bank(tiny_clip, tmp_path, tmp_path / "unused.json", bank_path=str(tmp_path / name),
+                     classes=["anything", "else"])
+        torch.testing.assert_close(bank["centers"], centers)
 
 
 def test_column_wise_bank_list_is_accepted(tmp_path):

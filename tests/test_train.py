@@ -1,5 +1,7 @@
 """Training on a tiny dataset with a tiny CLIP: the loss falls, checkpoints and logs are written, resume is exact."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +10,11 @@ import pytest
 import torch
 from fixtures_clip import tiny_overrides
 
-from excel.config import load_config
+from excel.config import ConfigError, load_config
 from excel.engine import step as iteration
 from excel.engine import trainer as engine
-from excel.engine.checkpoint import load_checkpoint
+from excel.engine.checkpoint import load_checkpoint, save_checkpoint
+from excel.io import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +115,59 @@ def test_two_process_cpu_run_through_launcher(tiny_voc, tiny_clip_files, tmp_pat
     assert (work / "checkpoints" / "iter_000004.pth").is_file()
     log = (work / "train.log").read_text()
     assert "iter 4/4" in log and "pseudo_label" in log
+
+
+def test_unreadable_validation_image_is_reported_after_the_checkpoint_is_saved(tiny_voc, tiny_clip_files, tmp_path):
+    root = tmp_path / "VOC2012"
+    shutil.copytree(tiny_voc, root)
+    broken = root / "JPEGImages" / "2007_000042.jpg"           # a val image; the train split never reads it
+    broken.write_bytes(broken.read_bytes()[:40])
+    cfg = train_cfg(root, tiny_clip_files, tmp_path, "broken", **{"train.max_iters": 4, "train.eval_interval": 2})
+    saved = tmp_path / "broken" / "checkpoints" / "iter_000002.pth"
+    with pytest.raises(DatasetError, match=rf"validation at iteration 2 failed: cannot decode image {broken}.*"
+                                           rf"checkpoint was saved at {saved}.*--resume {saved}"):
+        engine.train(cfg)
+    state = load_checkpoint(saved)
+    assert state["iteration"] == 2 and load_checkpoint(saved.with_name("latest.pth"))["iteration"] == 2
+
+
+def test_new_run_into_a_work_dir_with_checkpoints_is_refused(tiny_voc, tiny_clip_files, tmp_path):
+    folder = tmp_path / "taken" / "checkpoints"
+    save_checkpoint(folder / "iter_000002.pth", {"iteration": 2})
+    save_checkpoint(folder / "latest.pth", {"iteration": 2})
+    (tmp_path / "taken" / "config.yaml").write_text("earlier run\n")
+    with pytest.raises(ConfigError, match=rf"work_dir {tmp_path / 'taken'} already holds checkpoints "
+                                          rf"\(iter_000002.pth, latest.pth in {folder}\); continue that run with "
+                                          rf"--resume .*another work_dir.*train.overwrite=true"):
+        engine.train(train_cfg(tiny_voc, tiny_clip_files, tmp_path, "taken"))
+    assert (tmp_path / "taken" / "config.yaml").read_text() == "earlier run\n"
+    assert load_checkpoint(folder / "latest.pth") == {"iteration": 2}
+    engine.Trainer(train_cfg(tiny_voc, tiny_clip_files, tmp_path, "taken", **{"train.overwrite": True}))
+
+
+def test_resume_with_changed_optimisation_settings_is_refused_or_applied(full_run, tiny_voc, tiny_clip_files):
+    trainer, tmp = full_run
+    checkpoint = str(trainer.work_dir / "checkpoints" / "iter_000012.pth")
+    changed = {"optim.lr": 1e-3, "optim.betas": [0.8, 0.99], "train.max_iters": 30}
+    with pytest.raises(ConfigError, match=re.escape(f"--resume {checkpoint}: the checkpoint was trained with other "
+                                                    "settings (optim.lr 0.003 → 0.001, optim.betas [0.9, 0.999] → "
+                                                    "[0.8, 0.99], train.max_iters 24 → 30)")):
+        engine.Trainer(train_cfg(tiny_voc, tiny_clip_files, tmp, "changed", **changed), resume=checkpoint)
+    assert not (tmp / "changed").exists()
+    allowed = engine.Trainer(train_cfg(tiny_voc, tiny_clip_files, tmp, "changed",
+                                       **changed, **{"train.resume_allow_changes": True}), resume=checkpoint)
+    group = allowed.optimizer.param_groups[0]
+    assert allowed.start_iter == 12 and group["betas"] == (0.8, 0.99)
+    assert group["lr"] == pytest.approx(1e-3 * (1 - 12 / 30))          # the new schedule: poly decay to 30
+    allowed.scheduler.step()
+    assert group["lr"] == pytest.approx(1e-3 * (1 - 13 / 30))
+
+
+def test_work_dir_inside_the_dataset_is_refused(tiny_voc, tiny_clip_files, tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    cfg = train_cfg(root, tiny_clip_files, tmp_path, "unused", **{"work_dir": root / "JPEGImages" / "run"})
+    with pytest.raises(DatasetError, match=rf"output folder {root / 'JPEGImages' / 'run'} lies inside the dataset "
+                                           rf"folder {root / 'JPEGImages'}"):
+        engine.train(cfg)
+    assert not (root / "JPEGImages" / "run").exists()

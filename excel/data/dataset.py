@@ -11,8 +11,29 @@ import torch
 from torch.utils.data import Dataset
 
 from excel.classes import IGNORE_INDEX
-from excel.data.layout import check_dataset_root, check_mask_values, DatasetName, default_split_dir, find_image, find_mask, image_folder, LABELS_FILE, labels_from_mask, mask_candidates, multi_hot, prepare_hint, resolve_num_classes
-from excel.io import DatasetError, read_image, read_labels, read_mask, read_split
+from excel.data.layout import (
+    LABELS_FILE,
+    DatasetName,
+    check_dataset_root,
+    check_mask_values,
+    default_split_dir,
+    find_image,
+    find_mask,
+    image_folder,
+    labels_from_mask,
+    mask_candidates,
+    multi_hot,
+    prepare_hint,
+    resolve_num_classes,
+)
+from excel.io import (
+    DatasetError,
+    check_split_name,
+    read_image,
+    read_labels,
+    read_mask,
+    read_split,
+)
 
 
 class SampleTransform(Protocol):
@@ -71,6 +92,7 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         check_dataset_root(self.root, dataset)
+        check_split_name(split)
         ids = read_split(self.split_dir / f"{split}.txt", prepare_hint(dataset, self.root))
         self.items = self._locate_files(ids)
         self.has_masks = self._decide_has_masks(with_mask)

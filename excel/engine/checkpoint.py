@@ -8,12 +8,13 @@ dict and state dicts written by multi-GPU runs (keys prefixed with ``module.``).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from excel.io import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -21,20 +22,12 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path`` through a temporary file in the same folder.
+    """``torch.save`` ``state`` to ``path`` through :func:`excel.io.atomic_write`.
 
     The file at ``path`` is replaced only once the new one is completely written, so a failed
     write (full disk, interrupted job) leaves the previous checkpoint intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(dict(state), tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -32,20 +32,24 @@ from excel.builders import (
     build_scheduler,
     build_train_augment,
 )
-from excel.config import as_list, save_config
+from excel.config import ConfigError, as_list, save_config
 from excel.data.dataset import collate
+from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.checkpoint import load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.schedule import WarmupPoly
 from excel.engine.step import TrainingError, training_step
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
-from excel.io import voc_palette
+from excel.io import DatasetError, check_outside, voc_palette
 from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
 
 log = logging.getLogger(__name__)
+
+RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed")     # with optim.*: fixed for a resumed run
 
 
 class Trainer:
@@ -56,6 +60,8 @@ class Trainer:
         self.device = dist.resolve_device(cfg.device)
         dist.init_distributed(self.device)
         self.work_dir = Path(cfg.work_dir)
+        resume_state = load_checkpoint(resume) if resume is not None else None
+        check_work_dir(cfg, resume, resume_state)
         if dist.is_main():
             self.work_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.work_dir / "config.yaml")
@@ -76,7 +82,7 @@ class Trainer:
         self.par = build_par(cfg).to(self.device)
         self.start_iter = 0
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, resume_state)
 
         train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
         sampler = EpochIndexSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, self.start_iter,
@@ -123,8 +129,8 @@ class Trainer:
             if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
                 self._log_step(step, done, started)
             if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
-                self.validate(done)
                 self.save(done)
+                self.validate_after_save(done)
         bar.close()
         if self.writer is not None:
             self.writer.close()
@@ -144,6 +150,20 @@ class Trainer:
             self.writer.add_image("train/image_cam_pseudo_pred", visual_grid(step, self.cfg.dataset.normalize), it)
 
     # -- validation and checkpoints ------------------------------------------------------------
+    def validate_after_save(self, it: int) -> dict[str, float]:
+        """:meth:`validate` right after the checkpoint of ``it`` was saved; an unreadable validation image
+        becomes one error that names the image, the saved checkpoint and how to resume. Validation does
+        not touch the training RNG, so a resumed run continues exactly as the uninterrupted one."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                return self.validate(it)
+        except (DatasetError, FileNotFoundError) as err:
+            raise DatasetError(f"validation at iteration {it} failed: {err}. The checkpoint was saved at "
+                               f"{self.last_checkpoint}; fix the image or remove it from the "
+                               f"{self.cfg.dataset.val_split} split list, then continue with "
+                               f"--resume {self.last_checkpoint}") from err
+
     @torch.no_grad()
     def validate(self, it: int) -> dict[str, float]:
         """Pseudo-label mIoU (static CAMs, Â-weighted affinity, val threshold) and decoder mIoU on the val split."""
@@ -196,11 +216,12 @@ class Trainer:
         dist.barrier()
         self.last_checkpoint = path
 
-    def _resume(self, path: str) -> None:
-        state = load_checkpoint(path)
+    def _resume(self, path: str, state: dict) -> None:
         load_head_weights(self.model, state, source=path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.cfg.train.resume_allow_changes:
+            apply_hyperparameters(self.cfg, self.optimizer, self.scheduler)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.start_iter = int(state["iteration"])
@@ -208,6 +229,56 @@ class Trainer:
         if torch.cuda.is_available() and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+
+def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
+    """Refuse a new run into a work_dir that holds checkpoints (unless train.overwrite), and a resume
+    whose optimisation settings differ from the checkpoint's (unless train.resume_allow_changes); never
+    write into a dataset's image / mask folders."""
+    if cfg.dataset.root is not None:
+        check_outside(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)), "the dataset folder", holds_ids=False)
+    folder = Path(cfg.work_dir) / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
+    if resume is None and found and not cfg.train.overwrite:
+        raise ConfigError(f"work_dir {cfg.work_dir} already holds checkpoints ({', '.join(found)} in {folder}); "
+                          f"continue that run with --resume {folder / found[-1]}, choose another work_dir, or "
+                          "replace them with train.overwrite=true")
+    if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
+        return
+    changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)
+    if changes:
+        listed = ", ".join(f"{key} {old!r} → {new!r}" for key, old, new in changes)
+        raise ConfigError(f"--resume {resume}: the checkpoint was trained with other settings ({listed}); "
+                          "resume with the checkpoint's values, or set train.resume_allow_changes=true to "
+                          "continue with the new ones")
+
+
+def changed_resume_keys(stored: DictConfig, cfg: DictConfig) -> list[tuple[str, object, object]]:
+    """(key, checkpoint value, configured value) of every optim.* key and of train.max_iters /
+    batch_size / seed whose value differs from the checkpoint's config."""
+    keys = [f"optim.{key}" for key in cfg.optim] + [f"train.{key}" for key in RESUME_TRAIN_KEYS]
+    changes = []
+    for key in keys:
+        old = OmegaConf.select(stored, key)
+        new = OmegaConf.select(cfg, key)
+        old, new = (OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for v in (old, new))
+        if old != new:
+            changes.append((key, old, new))
+    return changes
+
+
+def apply_hyperparameters(cfg: DictConfig, optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Put the configured optim.* and train.max_iters into a resumed optimiser and schedule
+    (train.resume_allow_changes): the lr of the next step follows the new schedule."""
+    o = cfg.optim
+    schedule = WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
+    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=o.lr, lr=o.lr * schedule(scheduler.last_epoch), weight_decay=o.weight_decay,
+                     betas=tuple(as_list(o.betas)), eps=o.eps)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def visual_grid(step: dict, normalization: str) -> torch.Tensor:

@@ -6,16 +6,25 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from excel.builders import build_dataset, build_model, build_par
 from excel.config import as_list, save_config
+from excel.data.layout import dataset_folders
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.checkpoint import load_head_weights
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
-from excel.io import write_image, write_mask
+from excel.io import (
+    check_outside,
+    check_split_name,
+    output_path,
+    read_output_mask,
+    write_image,
+    write_mask,
+)
 from excel.labels.predict import ImagePrediction, predict_image
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
@@ -30,14 +39,21 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
 
     Without `checkpoint`: training-free (docs/method.md §5). With it: dynamic CAMs of the trained model (docs/method.md §9).
     Writes `<out>/pseudo_labels/<id>.png` (pixel value = class index), optional CAM overlays, and, when the
-    split has masks, the metric table `<out>/pseudo_label_scores.{txt,json}`. Runs in one process or under
-    torchrun (the split is sharded across ranks and the confusion matrices are summed). Returns the scores.
+    split has masks, the metric table `<out>/pseudo_label_scores.{txt,json}`. With `infer.skip_existing`
+    images whose outputs exist are not recomputed; their labels are read back, so the scores stay complete.
+    Runs in one process or under torchrun (the split is sharded across ranks and the confusion matrices are
+    summed). Returns the scores.
     """
-    out_dir = Path(out_dir) if out_dir is not None else Path(cfg.work_dir) / f"pseudo_labels_{cfg.dataset.split}"
+    if out_dir is None:
+        out_dir = Path(cfg.work_dir) / f"pseudo_labels_{check_split_name(cfg.dataset.split)}"
+    out_dir = Path(out_dir)
     device = dist.resolve_device(cfg.device)
     owns_process_group = not dist.is_distributed()
     dist.init_distributed(device)
     try:
+        outputs = LamOutputs(out_dir, bool(cfg.infer.save_overlays))
+        if cfg.dataset.root is not None:
+            outputs.check_outside_dataset(Path(cfg.dataset.root))
         setup_logging(out_dir / "infer_lam.log")
         model = build_model(cfg, device).eval()
         mode = "training_free"
@@ -51,18 +67,24 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
                      cfg.dataset.split, out_dir)
         par = build_par(cfg).to(device)
         meter = ConfusionMeter(cfg.dataset.num_classes + 1)
+        skipped = 0
         for index in tqdm(dist.shard(list(range(len(dataset)))), disable=not dist.is_main(), desc="infer_lam"):
             sample = dataset[index]
-            image = sample["image"][None].to(device)
-            pred = predict_image(model, image, sample["cls_label"][None].to(device), tuple(sample["size"].tolist()),
-                                 mode=mode, input_size=cfg.cam.input_size, box_threshold=cfg.cam.box_threshold,
-                                 affinity_layers=cfg.cam.affinity_layers, par=par)
-            label = pred.label.cpu()
-            write_mask(out_dir / "pseudo_labels" / f"{sample['id']}.png", label.numpy().astype(np.uint8))
-            if cfg.infer.save_overlays:
-                _save_cam_overlay(sample, pred, cfg.dataset.normalize, out_dir / "cams" / f"{sample['id']}.jpg")
+            if cfg.infer.skip_existing and outputs.complete(sample["id"]):
+                size = tuple(sample["size"].tolist())
+                label = torch.from_numpy(read_output_mask(outputs.label_path(sample["id"]), size)).long()
+                skipped += 1
+            else:
+                image = sample["image"][None].to(device)
+                pred = predict_image(model, image, sample["cls_label"][None].to(device), tuple(sample["size"].tolist()),
+                                     mode=mode, input_size=cfg.cam.input_size, box_threshold=cfg.cam.box_threshold,
+                                     affinity_layers=cfg.cam.affinity_layers, par=par)
+                label = pred.label.cpu()
+                outputs.write(sample, pred, label, cfg.dataset.normalize)
             if dataset.has_masks:
                 meter.update(label, sample["mask"])
+        if skipped:
+            log.info("infer.skip_existing: %d images already had their outputs (read back for scoring)", skipped)
         dist.barrier()
         if not dataset.has_masks:
             return None
@@ -76,6 +98,37 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
     finally:
         if owns_process_group:
             dist.cleanup()
+
+
+class LamOutputs:
+    """Per-image outputs of infer_lam: ``pseudo_labels/<id>.png`` and, optionally, ``cams/<id>.jpg``."""
+
+    def __init__(self, root: Path, overlays: bool) -> None:
+        self.root = root
+        self.labels = root / "pseudo_labels"
+        self.cams = root / "cams" if overlays else None
+
+    def check_outside_dataset(self, dataset_root: Path) -> None:
+        """Refuse output folders inside the dataset's image / mask folders."""
+        check_outside(self.root, dataset_folders(dataset_root), "the dataset folder", holds_ids=False)
+        for folder in (self.labels, self.cams):
+            if folder is not None:
+                check_outside(folder, dataset_folders(dataset_root), "the dataset folder")
+
+    def label_path(self, image_id: str) -> Path:
+        return output_path(self.labels, image_id, ".png")
+
+    def complete(self, image_id: str) -> bool:
+        """All outputs of the image exist (they are written atomically: existing means complete)."""
+        paths = [self.label_path(image_id)]
+        if self.cams is not None:
+            paths.append(output_path(self.cams, image_id, ".jpg"))
+        return all(path.is_file() for path in paths)
+
+    def write(self, sample: dict, pred: ImagePrediction, label: torch.Tensor, normalization: str) -> None:
+        write_mask(self.label_path(sample["id"]), label.numpy().astype(np.uint8))
+        if self.cams is not None:
+            _save_cam_overlay(sample, pred, normalization, output_path(self.cams, sample["id"], ".jpg"))
 
 
 def _save_cam_overlay(sample: dict, pred: ImagePrediction, normalization: str, path: Path) -> None:

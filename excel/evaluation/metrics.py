@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from excel.io import write_text
 from excel.utils.distributed import all_reduce_sum
 
 __all__ = ["confusion_matrix", "scores", "format_table", "save_scores", "ConfusionMeter"]
@@ -111,22 +112,12 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_scores(scores: dict[str, Any], categories: Sequence[str], path_prefix: str | os.PathLike) -> None:
-    """Write ``<prefix>.txt`` (the table) and ``<prefix>.json`` (scores with class names; NaN as null)."""
+    """Write ``<prefix>.txt`` (the table) and ``<prefix>.json`` (scores with category names; NaN as null)."""
     prefix = Path(path_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     record = {"categories": list(categories), **scores}
-    _write_atomic(prefix.with_name(prefix.name + ".txt"), format_table(scores, categories) + "\n")
-    _write_atomic(prefix.with_name(prefix.name + ".json"), json.dumps(_json_safe(record), indent=2) + "\n")
+    write_text(prefix.with_name(prefix.name + ".txt"), format_table(scores, categories) + "\n")
+    write_text(prefix.with_name(prefix.name + ".json"), json.dumps(_json_safe(record), indent=2) + "\n")
 
 
 class ConfusionMeter:

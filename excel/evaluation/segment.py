@@ -8,6 +8,8 @@ Outputs of :func:`run_segmentation` in ``out_dir``:
   ``infer.save_overlays=true`` (the final prediction blended over the image).
 * ``scores_raw.{txt,json}`` and ``scores_crf.{txt,json}``: per-class IoU, precision, recall, mIoU.
 * ``config.yaml`` and ``segment.log``.
+* With ``infer.skip_existing=true`` an image whose outputs all exist is not segmented again; its raw
+  and CRF PNGs are read back and scored, so the tables cover the whole split.
 * For a test split (name starting with ``test``, see :func:`is_test_split`) nothing is scored; a
   VOC test split also gets ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` (VOC palette;
   the CRF prediction when the CRF is on) and ``results.tar.gz``, ready to upload to the server.
@@ -44,12 +46,20 @@ from tqdm import tqdm
 from excel.builders import build_crf, build_dataset, build_model
 from excel.config import as_list, save_config
 from excel.data.dataset import SegmentationDataset
-from excel.data.layout import mask_candidates
+from excel.data.layout import dataset_folders, mask_candidates
 from excel.data.transforms import normalize
 from excel.engine.checkpoint import load_checkpoint, load_head_weights
 from excel.evaluation.crf import crf_from_logits
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores
-from excel.io import atomic_write, write_image, write_mask
+from excel.io import (
+    atomic_write,
+    check_outside,
+    check_split_name,
+    output_path,
+    read_output_mask,
+    write_image,
+    write_mask,
+)
 from excel.utils.distributed import (
     barrier,
     cleanup,
@@ -153,23 +163,62 @@ def check_masks(dataset: SegmentationDataset) -> None:
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """Where predictions of one run go."""
+    """Where predictions of one run go: every per-image file lies inside its folder of ``root``."""
 
     root: Path
     submission: bool
     overlays: bool
+    crf: bool = True
+
+    def folders(self) -> list[Path]:
+        """The folders of the per-image files."""
+        kinds = ("raw", "crf") if self.crf else ("raw",)
+        folders = [*(self.root / k for k in kinds), *(self.root / f"{k}_color" for k in kinds)]
+        if self.submission:
+            folders.append(self.root / VOC_SUBMISSION_DIR)
+        if self.overlays:
+            folders.append(self.root / "overlay")
+        return folders
+
+    def check_outside_dataset(self, dataset_root: Path) -> None:
+        """Refuse output folders inside the dataset's image / mask folders."""
+        check_outside(self.root, dataset_folders(dataset_root), "the dataset folder", holds_ids=False)
+        for folder in self.folders():
+            check_outside(folder, dataset_folders(dataset_root), "the dataset folder")
+
+    def path(self, kind: str, image_id: str) -> Path:
+        """The class-index PNG of one prediction (``kind``: raw or crf)."""
+        return output_path(self.root / kind, image_id, ".png")
+
+    def final_paths(self, image_id: str) -> list[Path]:
+        """The submission PNG and overlay of an image, where asked for."""
+        paths = []
+        if self.submission:
+            paths.append(output_path(self.root / VOC_SUBMISSION_DIR, image_id, ".png"))
+        if self.overlays:
+            paths.append(output_path(self.root / "overlay", image_id, ".jpg"))
+        return paths
+
+    def complete(self, image_id: str) -> bool:
+        """Every output of the image exists (all are written atomically: existing means complete)."""
+        kinds = ("raw", "crf") if self.crf else ("raw",)
+        paths = [*(self.path(k, image_id) for k in kinds),
+                 *(output_path(self.root / f"{k}_color", image_id, ".png") for k in kinds),
+                 *self.final_paths(image_id)]
+        return all(path.is_file() for path in paths)
 
     def write(self, kind: str, image_id: str, labels: np.ndarray) -> None:
         """Write the class-index and colour PNGs of one prediction (``kind``: raw or crf)."""
-        write_mask(self.root / kind / f"{image_id}.png", labels)
-        write_image(self.root / f"{kind}_color" / f"{image_id}.png", colorize(labels))
+        write_mask(self.path(kind, image_id), labels)
+        write_image(output_path(self.root / f"{kind}_color", image_id, ".png"), colorize(labels))
 
     def write_final(self, image_id: str, labels: np.ndarray, image: np.ndarray) -> None:
         """The final prediction of an image: submission PNG and overlay where asked for."""
         if self.submission:
-            write_mask(self.root / VOC_SUBMISSION_DIR / f"{image_id}.png", labels)
+            write_mask(output_path(self.root / VOC_SUBMISSION_DIR, image_id, ".png"), labels)
         if self.overlays:
-            write_image(self.root / "overlay" / f"{image_id}.jpg", label_overlay(image, labels), jpeg_quality=90)
+            write_image(output_path(self.root / "overlay", image_id, ".jpg"), label_overlay(image, labels),
+                        jpeg_quality=90)
 
 
 def write_submission_archive(root: Path) -> Path:
@@ -242,6 +291,18 @@ class SegmentationRun:
         return multiscale_logits(self.model.segment, normalised, self.cfg.infer.resize, self.scales,
                                  self.cfg.infer.flip, self.flip_unit_scale)
 
+    def reuse(self, sample: dict[str, Any]) -> None:
+        """Score an image whose outputs an earlier run wrote (``infer.skip_existing``) from its PNGs."""
+        if not self.scored:
+            return
+        mask = sample["mask"].to(self.device)
+        size = tuple(mask.shape)
+        self.raw_meter.update(torch.from_numpy(read_output_mask(self.layout.path("raw", sample["id"]), size)).long()
+                              .to(self.device), mask)
+        if self.crf is not None:
+            self.crf_meter.update(torch.from_numpy(read_output_mask(self.layout.path("crf", sample["id"]), size))
+                                  .long().to(self.device), mask)
+
     def start(self, sample: dict[str, Any], executor: Executor) -> _Pending:
         """Raw prediction of one sample (written and scored now) and its CRF job."""
         image = sample["image"]
@@ -277,7 +338,12 @@ class SegmentationRun:
                         dynamic_ncols=True)
         with crf_executor(workers if self.crf is not None else 0) as executor:
             for index in indices:
-                queue.append(self.start(self.dataset[index], executor))
+                sample = self.dataset[index]
+                if self.cfg.infer.skip_existing and self.layout.complete(sample["id"]):
+                    self.reuse(sample)
+                    progress.update()
+                    continue
+                queue.append(self.start(sample, executor))
                 while len(queue) >= max_pending:
                     self.finish(queue.popleft())
                     progress.update()
@@ -306,7 +372,7 @@ class SegmentationRun:
 
 def default_out_dir(work_dir: str | os.PathLike, split: str, checkpoint: str | os.PathLike) -> Path:
     """``<work_dir>/segment_<split>_<checkpoint file stem>``."""
-    return Path(work_dir) / f"segment_{split}_{Path(checkpoint).stem}"
+    return Path(work_dir) / f"segment_{check_split_name(split)}_{Path(checkpoint).stem}"
 
 
 def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
@@ -322,8 +388,12 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
     owns_process_group = not is_distributed()
     init_distributed(device)
     try:
-        state = load_checkpoint(checkpoint)
         test = is_test_split(split)
+        layout = OutputLayout(out_dir, submission=test and cfg.dataset.name == "voc",
+                              overlays=cfg.infer.save_overlays, crf=bool(cfg.crf.enabled))
+        if cfg.dataset.root is not None:
+            layout.check_outside_dataset(Path(cfg.dataset.root))
+        state = load_checkpoint(checkpoint)
         dataset = build_dataset(cfg, split, with_mask=False if test else "auto", with_labels=False)
         if not test:
             check_masks(dataset)
@@ -331,8 +401,6 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
         if is_main():
             save_config(cfg, out_dir / "config.yaml")
             log.info("segmenting %d images of split %r with %s → %s", len(dataset), split, checkpoint, out_dir)
-        layout = OutputLayout(out_dir, submission=test and cfg.dataset.name == "voc",
-                              overlays=cfg.infer.save_overlays)
         run = SegmentationRun(cfg, state, str(checkpoint), dataset, layout, device)
         run.run(shard(list(range(len(dataset)))))
         results = run.report(out_dir)

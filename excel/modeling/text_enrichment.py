@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from excel.io import atomic_write
 from excel.modeling.descriptions import load_descriptions
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,8 @@ def shared_cluster_sets(bank: dict) -> list[list[str]]:
 
 
 def save_bank(bank: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(bank, tmp)
-    os.replace(tmp, path)
+    """Write a bank dict with ``torch.save``, atomically."""
+    atomic_write(path, lambda tmp: torch.save(bank, tmp))
 
 
 def read_bank(path: str | os.PathLike) -> dict:
@@ -125,7 +123,15 @@ def read_bank(path: str | os.PathLike) -> dict:
 
 
 def check_bank(bank: dict, path: str | os.PathLike, num_clusters: int, embed_dim: int,
-               fingerprint: str | None) -> None:
+               fingerprint: str | None, classes: Sequence[str] | None = None) -> None:
+    """Raise unless the bank fits K, the embedding size and, where the bank records them, the CLIP weights
+    and the classes (``classes``: dataset.categories in order; banks without stored classes, such as the
+    published [D×K tensor, flags] list, have nothing to compare and pass)."""
+    stored = bank.get("classes")
+    if classes is not None and stored is not None and list(stored) != list(classes):
+        raise KnowledgeBankError(f"tse.bank: {path} was built for the classes {list(stored)} but "
+                                 f"dataset.categories is {list(classes)}; use the bank of this dataset or "
+                                 "build one with tools/build_knowledge_base.py")
     k, d = bank["centers"].shape
     if k != num_clusters:
         raise KnowledgeBankError(f"tse.bank: {path} has {k} attribute centres but tse.num_clusters={num_clusters}; "
@@ -144,14 +150,15 @@ def load_or_build_bank(clip_model: nn.Module, tokenizer: Callable, *, bank_path:
     """The bank for TSE.
 
     An existing `bank_path` is used as is (after checking K, the embedding size and, when recorded, the
-    weights). Otherwise the bank cached at `cache_path` is reused when its descriptions, CLIP weights and
-    K match, and rebuilt from `descriptions_path` when any of them changed.
+    weights and the classes, which must equal `class_keys` in order). Otherwise the bank cached at
+    `cache_path` is reused when its descriptions, CLIP weights and K match, and rebuilt from
+    `descriptions_path` when any of them changed.
     """
     embed_dim = clip_model.text_projection.shape[1]
     fingerprint = text_tower_fingerprint(clip_model)
     if bank_path is not None and Path(bank_path).is_file():
         bank = read_bank(bank_path)
-        check_bank(bank, bank_path, num_clusters, embed_dim, fingerprint)
+        check_bank(bank, bank_path, num_clusters, embed_dim, fingerprint, class_keys)
         return bank
     if descriptions_path is None:
         raise KnowledgeBankError("TSE needs tse.descriptions (a descriptions JSON) or an existing tse.bank file")
