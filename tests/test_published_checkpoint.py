@@ -157,3 +157,12 @@ def test_convert_checkpoint_tool_errors_are_one_line(tmp_path):
     result = run_tool(str(tmp_path / "clip_only.pth"), str(tmp_path / "out.pth"))
     assert result.returncode == 1 and "holds no head parameters" in result.stderr
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_only_training_checkpoints_resume():
+    from excel.engine.checkpoint import check_training_state
+
+    check_training_state({"head": {}, "optimizer": {}, "scheduler": {}, "iteration": 3, "rng": {}}, "run.pth")
+    with pytest.raises(CheckpointError, match="model_iter_30000.pth cannot resume training: it has no head, "
+                                              "optimizer, scheduler, iteration, rng"):
+        check_training_state(published_state(), "model_iter_30000.pth")

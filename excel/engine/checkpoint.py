@@ -164,3 +164,15 @@ def head_checkpoint(state: Mapping[str, Any], source: str) -> dict[str, Any]:
                               "entry or the published code's 'decoder_fts_fuse.' / 'decoder.' names)")
     return {"head": head, "num_classes": _checkpoint_num_classes(state, head, "decoder.classifier.weight"),
             "iteration": state.get("iteration")}
+
+
+TRAINING_KEYS = ("head", "optimizer", "scheduler", "iteration", "rng")
+
+
+def check_training_state(state: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a training checkpoint of this project (for resuming)."""
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} cannot resume training: it has no {', '.join(missing)} "
+                              "(a head-only, converted or published checkpoint); --resume continues a run of "
+                              "scripts/train_*.py, other checkpoints go to the inference tools")

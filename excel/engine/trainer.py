@@ -36,7 +36,7 @@ from excel.config import as_list, save_config
 from excel.data.dataset import collate
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
-from excel.engine.checkpoint import load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.checkpoint import check_training_state, load_checkpoint, load_head_weights, save_checkpoint
 from excel.engine.step import TrainingError, training_step
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.io import voc_palette
@@ -198,6 +198,7 @@ class Trainer:
 
     def _resume(self, path: str) -> None:
         state = load_checkpoint(path)
+        check_training_state(state, path)
         load_head_weights(self.model, state, source=path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
