@@ -156,7 +156,25 @@ def test_convert_checkpoint_tool_errors_are_one_line(tmp_path):
     torch.save({"encoder.visual.proj": torch.zeros(2)}, tmp_path / "clip_only.pth")
     result = run_tool(str(tmp_path / "clip_only.pth"), str(tmp_path / "out.pth"))
     assert result.returncode == 1 and "holds no head parameters" in result.stderr
+    torch.save(published_state(), tmp_path / "published.pth")
+    result = run_tool(str(tmp_path / "published.pth"), str(tmp_path / "out.pth"), "--config", "configs/demo.yaml")
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "trained for 20 classes but dataset.num_classes=5" in result.stderr
+    torch.save(published_state(num_classes=5), tmp_path / "published5.pth")
+    result = run_tool(str(tmp_path / "published5.pth"), str(tmp_path / "out.pth"), "--config", "configs/demo.yaml")
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "does not fit the configured head" in result.stderr and "with a different shape" in result.stderr
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_convert_checkpoint_tool_stores_a_checked_config(tmp_path):
+    state = published_state(num_classes=5)
+    torch.save(state, tmp_path / "published.pth")
+    result = run_tool(str(tmp_path / "published.pth"), str(tmp_path / "converted.pth"), "--config", "configs/demo.yaml",
+                      "head.adapter_hidden=8", "head.adapter_dim=8", "head.decoder_layers=2", "head.decoder_heads=2")
+    assert result.returncode == 0, result.stderr
+    converted = load_checkpoint(tmp_path / "converted.pth")
+    assert "adapter_hidden: 8" in converted["config"] and "num_classes: 5" in converted["config"]
 
 
 def test_only_training_checkpoints_resume():

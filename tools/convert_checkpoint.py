@@ -17,16 +17,18 @@ from omegaconf import OmegaConf
 from excel.builders import build_head
 from excel.cli import USER_ERRORS
 from excel.config import load_config
-from excel.engine.checkpoint import head_checkpoint, load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.checkpoint import CheckpointError, head_checkpoint, load_checkpoint, load_head_weights, save_checkpoint
 
 
 class _Head:
     """The part of ExCEL that load_head_weights checks against: `.head` and `.num_classes`."""
 
-    def __init__(self, cfg, head_state: dict):
+    def __init__(self, cfg, head_state: dict, source: str):
         layers = sum(1 for key in head_state if key.startswith("adapter.mlps.") and key.endswith(".0.weight"))
-        width = head_state["adapter.mlps.0.0.weight"].shape[1] if layers else 0
-        self.head = build_head(cfg, layers, width)
+        if "adapter.mlps.0.0.weight" not in head_state:
+            raise CheckpointError(f"checkpoint {source} has no adapter weights (adapter.mlps.0.0.weight); "
+                                  "it holds only part of a head")
+        self.head = build_head(cfg, layers, head_state["adapter.mlps.0.0.weight"].shape[1])
         self.num_classes = cfg.dataset.num_classes
 
 
@@ -34,7 +36,7 @@ def convert(args: argparse.Namespace) -> None:
     converted = head_checkpoint(load_checkpoint(args.input), str(args.input))
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
-        load_head_weights(_Head(cfg, converted["head"]), converted, source=str(args.input))
+        load_head_weights(_Head(cfg, converted["head"], str(args.input)), converted, source=str(args.input))
         converted["config"] = OmegaConf.to_yaml(cfg, resolve=True)
     save_checkpoint(args.output, converted)
     print(f"wrote {args.output}: {len(converted['head'])} head tensors, {converted['num_classes']} classes"
