@@ -1,5 +1,4 @@
 """The pseudo-label gallery: row IoUs, order, HTML content, contact sheet, browser rendering, the tool."""
-import os
 import re
 import shutil
 import subprocess

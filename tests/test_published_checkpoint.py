@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights
 from excel.modeling.head import ExCELHead
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,9 @@ from excel.engine.published_checkpoint import convert_published_state, is_publis
 
 log = logging.getLogger(__name__)
 
-WRAPPER_KEYS = ("head", "model", "state_dict", "model_state_dict")
+WRAPPER_KEYS = ("head", "model", "state_dict", "model_state_dict")   # where wrapped state dicts keep their weights
+TRAINING_KEYS = ("head", "optimizer", "scheduler", "iteration", "rng")  # what --resume needs
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the configured model."""
@@ -164,9 +166,6 @@ def head_checkpoint(state: Mapping[str, Any], source: str) -> dict[str, Any]:
                               "entry or the published code's 'decoder_fts_fuse.' / 'decoder.' names)")
     return {"head": head, "num_classes": _checkpoint_num_classes(state, head, "decoder.classifier.weight"),
             "iteration": state.get("iteration")}
-
-
-TRAINING_KEYS = ("head", "optimizer", "scheduler", "iteration", "rng")
 
 
 def check_training_state(state: Mapping[str, Any], source: str) -> None:
