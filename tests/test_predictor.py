@@ -131,3 +131,20 @@ def test_predict_tool_errors_are_one_line_and_write_nothing(demo_run, tmp_path):
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         assert not out.exists()
+
+
+def test_published_layout_of_the_demo_head_predicts_the_same(predictor, demo_run, tmp_path):
+    """The demo's head saved as the authors' training saves a model (their names, `module.` prefixes, CLIP
+    weights included) loads through --config and predicts exactly what the original checkpoint does."""
+    from test_published_checkpoint import expected_pairs
+
+    published = {key: parameter.detach().clone() for key, parameter in expected_pairs(predictor.model.head)}
+    published["module.encoder.visual.proj"] = torch.zeros(3, 3)
+    torch.save(published, tmp_path / "model_iter_6.pth")
+    overrides = [f"dataset.root={demo_run.root}", f"tse.cache_dir={demo_run.cache}"]
+    authors = Predictor.from_checkpoint(tmp_path / "model_iter_6.pth", ROOT / "configs" / "demo.yaml", overrides,
+                                        device="cpu")
+    image = read_image(val_images(demo_run)[0])
+    ours = predictor.predict(image, crf=False)
+    theirs = authors.predict(image, crf=False)
+    np.testing.assert_allclose(theirs.probabilities, ours.probabilities, rtol=0, atol=1e-6)
