@@ -12,7 +12,7 @@ from PIL import Image
 
 from excel.config import load_config, save_config
 from excel.io import read_image, write_image, write_mask
-from excel.prep.gallery import image_iou, load_gallery
+from excel.prep.gallery import GalleryError, image_iou, load_gallery
 from excel.prep.gallery_render import CAPTION_HEIGHT, CELL_GAP, HEADER_HEIGHT, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,3 +160,7 @@ def test_gallery_on_the_demo_outputs(demo_run, tmp_path):
         assert result.returncode == 0, result.stderr
         page = (tmp_path / folder / "gallery.html").read_text()
         assert f"{kind} gallery" in page and page.count("<tr data-classes=") == 4
+    raw = load_gallery(demo_run.work / "segment_val", labels="raw")
+    assert raw.kind == "prediction" and len(raw.rows) == 4
+    with pytest.raises(GalleryError, match="output folder with crf/"):
+        load_gallery(demo_run.work / "pseudo_labels_val", labels="crf")

@@ -88,13 +88,19 @@ def image_iou(prediction: np.ndarray, truth: np.ndarray) -> float | None:
     return float(np.mean(ious))
 
 
-def prediction_folder(folder: Path) -> tuple[Path, str]:
-    """(folder of class-index PNGs, its column title) inside an infer_lam or infer_seg output folder."""
+def prediction_folder(folder: Path, labels: str | None = None) -> tuple[Path, str]:
+    """(folder of class-index PNGs, its column title) inside an infer_lam or infer_seg output folder.
+
+    ``labels`` picks one of PREDICTION_FOLDERS by name; by default the first that exists.
+    """
+    titles = dict(PREDICTION_FOLDERS)
+    if labels is not None and labels not in titles:
+        raise GalleryError(f"labels={labels!r}: use one of {', '.join(titles)}")
     for name, title in PREDICTION_FOLDERS:
-        if (folder / name).is_dir():
+        if (labels is None or name == labels) and (folder / name).is_dir():
             return folder / name, title
-    raise GalleryError(f"{folder} is not an infer_lam or infer_seg output folder: it has none of "
-                       f"{', '.join(name + '/' for name, _ in PREDICTION_FOLDERS)}")
+    wanted = f"{labels}/" if labels is not None else ", ".join(name + "/" for name in titles)
+    raise GalleryError(f"{folder} is not an infer_lam or infer_seg output folder with {wanted}")
 
 
 def output_config(folder: Path) -> DictConfig:
@@ -147,16 +153,17 @@ def sort_worst_first(rows: list[GalleryRow]) -> list[GalleryRow]:
     return sorted(rows, key=lambda r: (r.iou is None, r.iou if r.iou is not None else 0.0, r.image_id))
 
 
-def load_gallery(folder: str | os.PathLike, limit: int | None = None) -> Gallery:
-    """Every prediction of ``folder``, sorted worst first; only the worst ``limit`` rows are kept."""
+def load_gallery(folder: str | os.PathLike, limit: int | None = None, labels: str | None = None) -> Gallery:
+    """Every prediction of ``folder`` (``labels``: see :func:`prediction_folder`), sorted worst first; only the
+    worst ``limit`` rows are kept."""
     folder = Path(folder)
     if not folder.is_dir():
         raise GalleryError(f"folder not found: {folder}")
-    labels, kind = prediction_folder(folder)
+    label_folder, kind = prediction_folder(folder, labels)
     cfg = output_config(folder)
-    files = sorted(labels.glob("*.png"))
+    files = sorted(label_folder.glob("*.png"))
     if not files:
-        raise GalleryError(f"{labels} holds no PNG label file")
+        raise GalleryError(f"{label_folder} holds no PNG label file")
     rows = sort_worst_first([score_row(cfg, folder, path) for path in files])
     return Gallery(folder, kind, ["background", *as_list(cfg.dataset.categories)],
                    rows[:limit] if limit is not None else rows, len(rows),
