@@ -121,8 +121,6 @@ def sheet_row(row: GalleryRow, cells: list[tuple[np.ndarray | None, bool]], size
         if picture is None:
             _text(canvas, "none", (left + size // 2 - 16, CAPTION_HEIGHT + size // 2))
             continue
-        if picture.ndim == 2:
-            picture = np.repeat(picture[..., None], 3, axis=2)
         top = CAPTION_HEIGHT + (size - picture.shape[0]) // 2
         left += (size - picture.shape[1]) // 2
         canvas[top:top + picture.shape[0], left:left + picture.shape[1]] = picture
