@@ -188,9 +188,25 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults ← YAML file (with its `_base_` chain) ← `section.key=value` overrides, validated."""
-    cfg = OmegaConf.create(DEFAULTS)
-    if path is not None:
-        cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
+    return _finish(_read_yaml(Path(path)) if path is not None else {}, overrides)
+
+
+def load_config_text(text: str, source: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(text)) or {}
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse the config in {source}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config in {source} must hold a mapping of sections")
+    for key in _unknown_keys(data, DEFAULTS):
+        raise _key_error(key, source)
+    return _finish(data, overrides)
+
+
+def _finish(data: dict, overrides: Sequence[str]) -> DictConfig:
+    """Merge ``data`` over the defaults, apply the overrides and the class file, validate."""
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), data)
     OmegaConf.set_struct(cfg, True)
     for item in overrides:
         if "=" not in item:

@@ -80,3 +80,19 @@ def test_class_file_sets_classes(tmp_path):
         load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={classes}"])
     with pytest.raises(ConfigError, match="file not found"):
         load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={tmp_path / 'none.txt'}"])
+
+
+def test_config_text_round_trip_and_errors():
+    from omegaconf import OmegaConf
+
+    from excel.config import load_config_text
+
+    demo = load_config(CONFIGS / "demo.yaml", ["dataset.root=/data/shapes"])
+    text = OmegaConf.to_yaml(demo, resolve=True)
+    again = load_config_text(text, "checkpoint run.pth", ["infer.flip=false"])
+    assert OmegaConf.to_container(again.dataset) == OmegaConf.to_container(demo.dataset)
+    assert again.infer.flip is False and again.tse.num_clusters == 16
+    with pytest.raises(ConfigError, match="unknown config key 'tse.old_key' in checkpoint run.pth"):
+        load_config_text(text.replace("tse:\n", "tse:\n  old_key: 1\n"), "checkpoint run.pth")
+    with pytest.raises(ConfigError, match="the config in checkpoint run.pth must hold a mapping"):
+        load_config_text("- a list\n", "checkpoint run.pth")

@@ -147,3 +147,39 @@ def test_too_many_clusters_is_a_clear_error(tiny_clip, tmp_path):
     descriptions = write_descriptions(tmp_path / "d.json")
     with pytest.raises(tse.KnowledgeBankError, match="tse.num_clusters=50 is larger than the number of descriptions"):
         _bank(tiny_clip, tmp_path, descriptions, k=50)
+
+
+def test_published_bank_file_enriches_like_the_published_aggregation(tiny_clip, tmp_path):
+    """A bank of the structure the authors publish (`attributes_text/*_embedding_bank.pth`: a list
+    [D×K float64 centres stored column-wise, C×K float flags]) used through tse.bank: the text matrix equals
+    the published aggregation written on the D×K matrix (sort, drop the lowest (1 − 0.9)·K, softmax, mix)."""
+    D, K = tiny_clip.text_projection.shape[1], 20
+    gen = torch.Generator().manual_seed(0)
+    columns = F.normalize(torch.randn(K, D, generator=gen, dtype=torch.float64), dim=1).T.contiguous()
+    flags = (torch.rand(len(CLASSES), K, generator=gen) > 0.7).float()
+    path = tmp_path / "pascal_voc_desc_clip_ViT-B-16_gpt4.0_cluster_20_embedding_bank.pth"
+    torch.save([columns, flags], path)
+
+    bank = _bank(tiny_clip, tmp_path, tmp_path / "unused.json", k=K, bank_path=str(path))
+    torch.testing.assert_close(bank["class_clusters"], flags)
+    fg = F.normalize(torch.randn(len(CLASSES), D, generator=gen), dim=1)
+    bg = F.normalize(torch.randn(2, D, generator=gen), dim=1)
+    text = tse.text_matrix(fg, bg, bank["centers"], keep_ratio=0.9)
+
+    bank32 = columns.float()                                        # D×K, as the published code multiplies it
+    logits = fg @ bank32
+    order = logits.argsort(dim=-1, descending=True)
+    drop = int((1 - 0.9) * K)
+    weights = torch.zeros_like(logits)
+    for c in range(len(CLASSES)):
+        kept = order[c, :K - drop]
+        weights[c, kept] = torch.softmax(logits[c, kept], dim=0)
+    expected = F.normalize(torch.cat([weights @ bank32.T + fg, bg]), dim=1)
+    torch.testing.assert_close(text, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_published_bank_with_inconsistent_flags_is_a_clear_error(tmp_path):
+    path = tmp_path / "bank.pth"
+    torch.save([torch.randn(8, 6, dtype=torch.float64), torch.zeros(3, 5)], path)
+    with pytest.raises(tse.KnowledgeBankError, match=r"class flags of shape \(3, 5\); expected C×6"):
+        tse.read_bank(path)

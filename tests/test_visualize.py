@@ -79,3 +79,23 @@ def test_cam_overlay():
     np.testing.assert_array_equal(cam_overlay(image, cam, alpha=0.0), image)
     with pytest.raises(ValueError, match="image must be H×W×3"):
         cam_overlay(image[:2], cam)
+
+
+def test_legend_overlay_lists_the_present_classes_below_the_overlay():
+    from excel.utils.visualize import LEGEND_ROW, LEGEND_SWATCH, legend_overlay
+
+    gen = np.random.default_rng(0)
+    image = gen.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    label = np.zeros((30, 40), np.uint8)
+    label[5:15, 5:15], label[20:, 30:] = 3, 5
+    names = ["background", "a", "b", "kettle", "d", "teapot"]
+    canvas = legend_overlay(image, label, names)
+    np.testing.assert_array_equal(canvas[:30, :40], label_overlay(image, label))
+    assert canvas.shape[0] == 30 + 3 * LEGEND_ROW + 4 and canvas.shape[1] >= 40
+    palette = voc_palette()
+    for row, c in enumerate([0, 3, 5]):                    # swatch centres carry the class colours, in order
+        top = 30 + 4 + row * LEGEND_ROW
+        centre = canvas[top + LEGEND_SWATCH // 2, 4 + LEGEND_SWATCH // 2]
+        np.testing.assert_array_equal(centre, palette[c])
+        text = canvas[top:top + LEGEND_SWATCH, LEGEND_ROW + 4:]
+        assert (text < 128).any()                          # a name is written beside each swatch

@@ -3,10 +3,14 @@
 A training checkpoint is a dict ``{'head': head state dict, 'optimizer', 'scheduler', 'iteration',
 'rng', 'config' (YAML text), 'num_classes'}``. Only the head is ever stored: the frozen CLIP
 backbone is rebuilt from its own weights. :func:`load_head_weights` also accepts a bare head state
-dict and state dicts written by multi-GPU runs (keys prefixed with ``module.``).
+dict, a full-model state dict (``head.`` entries), state dicts wrapped under ``model`` or
+``state_dict``, keys prefixed with ``module.`` (multi-GPU runs) and the checkpoints of the authors'
+published code (renamed by :mod:`excel.engine.published_checkpoint`). Entries that are not part of the
+head (backbone weights) are ignored with an info log.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,7 +18,16 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from excel.engine.published_checkpoint import (
+    convert_published_state,
+    is_published_state,
+)
 from excel.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("head", "model", "state_dict", "model_state_dict")   # where wrapped state dicts keep their weights
+TRAINING_KEYS = ("head", "optimizer", "scheduler", "iteration", "rng")  # what --resume needs
 
 
 class CheckpointError(RuntimeError):
@@ -56,17 +69,33 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {key.removeprefix(prefix): value for key, value in state.items()}
 
 
-def head_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The head's state dict out of a training checkpoint, a full-model or a bare head state dict.
+def _unwrap(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state dict inside a checkpoint: the first of WRAPPER_KEYS that holds a mapping, else ``state``."""
+    for key in WRAPPER_KEYS:
+        if isinstance(state.get(key), Mapping):
+            return state[key]
+    return state
 
-    ``module.`` prefixes (DistributedDataParallel) are removed; for a full-model state dict the
-    ``head.`` entries are kept (without the prefix) and the backbone entries dropped.
+
+def head_state_dict(state: Mapping[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The head's state dict (ExCELHead names) out of any supported checkpoint layout.
+
+    ``module.`` prefixes (DistributedDataParallel) are removed; a full-model state dict keeps its
+    ``head.`` entries (without the prefix); published-code names are converted. Dropped entries
+    (the backbone) are logged at info level, naming ``source``.
     """
-    head = state["head"] if isinstance(state.get("head"), Mapping) else state
-    head = _strip_prefix(head, "module.")
-    if any(key.startswith("head.") for key in head):
-        head = {key.removeprefix("head."): value for key, value in head.items() if key.startswith("head.")}
-        head = _strip_prefix(head, "module.")
+    head = _strip_prefix(_unwrap(state), "module.")
+    ignored: list[str] = []
+    if is_published_state(head):
+        head, ignored = convert_published_state(head)
+        log.info("%s: the published code's head, converted to this project's parameter names", source)
+    elif any(key.startswith("head.") for key in head):
+        ignored = [key for key in head if not key.startswith("head.")]
+        head = _strip_prefix({key.removeprefix("head."): value for key, value in head.items()
+                              if key.startswith("head.")}, "module.")
+    if ignored:
+        log.info("%s: %d entries that are not part of the head ignored (e.g. %s)", source, len(ignored),
+                 ", ".join(ignored[:3]))
     return head
 
 
@@ -111,7 +140,7 @@ def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[
     if source is None:
         source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "(given state dict)"
     state = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else dict(checkpoint)
-    head = head_state_dict(state)
+    head = head_state_dict(state, source)
     trained_for = _checkpoint_num_classes(state, head, classifier_key)
     if trained_for is not None and trained_for != model.num_classes:
         raise CheckpointError(f"checkpoint {source} was trained for {trained_for} classes but "
@@ -119,3 +148,25 @@ def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[
     _check_head_state(head, model.head.state_dict(), source)
     model.head.load_state_dict(head)
     return state
+
+
+def head_checkpoint(state: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A checkpoint of this project's format (``head``, ``num_classes``) from any supported layout.
+
+    Raises :class:`CheckpointError` when ``state`` holds no head parameters at all.
+    """
+    head = head_state_dict(state, source)
+    if not any(key.startswith(("adapter.", "decoder.")) for key in head):
+        raise CheckpointError(f"checkpoint {source} holds no head parameters (expected this project's 'head' "
+                              "entry or the published code's 'decoder_fts_fuse.' / 'decoder.' names)")
+    return {"head": head, "num_classes": _checkpoint_num_classes(state, head, "decoder.classifier.weight"),
+            "iteration": state.get("iteration")}
+
+
+def check_training_state(state: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a training checkpoint of this project (for resuming)."""
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {source} cannot resume training: it has no {', '.join(missing)} "
+                              "(a head-only, converted or published checkpoint); --resume continues a run of "
+                              "scripts/train_*.py, other checkpoints go to the inference tools")

@@ -37,7 +37,12 @@ from excel.data.dataset import collate
 from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
-from excel.engine.checkpoint import load_checkpoint, load_head_weights, save_checkpoint
+from excel.engine.checkpoint import (
+    check_training_state,
+    load_checkpoint,
+    load_head_weights,
+    save_checkpoint,
+)
 from excel.engine.schedule import WarmupPoly
 from excel.engine.step import TrainingError, training_step
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
@@ -61,6 +66,8 @@ class Trainer:
         dist.init_distributed(self.device)
         self.work_dir = Path(cfg.work_dir)
         resume_state = load_checkpoint(resume) if resume is not None else None
+        if resume_state is not None:
+            check_training_state(resume_state, resume)
         check_work_dir(cfg, resume, resume_state)
         if dist.is_main():
             self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -110,16 +110,37 @@ def save_bank(bank: dict, path: str | os.PathLike) -> None:
 
 
 def read_bank(path: str | os.PathLike) -> dict:
-    """A bank file as a dict with `centers` K×D (also accepts a [D×K tensor, flags] list)."""
+    """A bank file as a dict with `centers` K×D.
+
+    Also reads the banks the authors publish (`attributes_text/*_embedding_bank.pth`): a list
+    [D×K attribute centres (column-wise, float64), C×K float flags of the clusters each class's
+    descriptions fall in]; they become `centers` K×D (float32) and `class_clusters` C×K.
+    """
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise KnowledgeBankError(f"tse.bank: cannot read {path} ({err})") from err
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], torch.Tensor):
-        data = {"centers": data[0].T.float()}     # attribute centres stored column-wise
+        data = _published_bank(data, path)
     if not isinstance(data, dict) or not isinstance(data.get("centers"), torch.Tensor) or data["centers"].ndim != 2:
         raise KnowledgeBankError(f"tse.bank: {path} holds no `centers` tensor of shape K×D")
     return data
+
+
+def _published_bank(data: list | tuple, path: str | os.PathLike) -> dict:
+    """[D×K centres, C×K flags] → {'centers': K×D float32, 'class_clusters': C×K}."""
+    columns = data[0]
+    if columns.ndim != 2:
+        raise KnowledgeBankError(f"tse.bank: {path} holds a list whose first tensor has shape {tuple(columns.shape)}; "
+                                 "expected the attribute centres as a D×K matrix")
+    bank = {"centers": columns.T.float().contiguous()}
+    if len(data) > 1 and isinstance(data[1], torch.Tensor):
+        flags = data[1]
+        if flags.ndim != 2 or flags.shape[1] != columns.shape[1]:
+            raise KnowledgeBankError(f"tse.bank: {path} holds centres of shape {tuple(columns.shape)} (D×K) but "
+                                     f"class flags of shape {tuple(flags.shape)}; expected C×{columns.shape[1]}")
+        bank["class_clusters"] = flags.float()
+    return bank
 
 
 def check_bank(bank: dict, path: str | os.PathLike, num_clusters: int, embed_dim: int,

@@ -33,3 +33,38 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0.0, 1.0) * 255), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, heat, alpha, 0.0)
+
+
+LEGEND_ROW = 22          # pixels per legend entry
+LEGEND_SWATCH = 14       # side of a colour swatch
+LEGEND_FONT_SCALE = 0.5
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only: other characters become '?'."""
+    return text.encode("ascii", "replace").decode()
+
+
+def legend_overlay(image: np.ndarray, label: np.ndarray, class_names: list[str], alpha: float = 0.5) -> np.ndarray:
+    """:func:`label_overlay` with a legend strip below it: a swatch and the name of every class present.
+
+    ``image`` H×W×3 uint8, ``label`` H×W class indices into ``class_names`` → (H + legend)×W'×3 uint8,
+    W' = max(W, widest legend entry); the legend never covers the prediction.
+    """
+    colours = voc_palette()
+    present = [int(c) for c in np.unique(as_label_map(label)) if c < len(class_names)]
+    overlay = label_overlay(image, label, alpha)
+    names = [_ascii(class_names[c]) for c in present]
+    text_width = max((cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, LEGEND_FONT_SCALE, 1)[0][0] for n in names), default=0)
+    height, width = overlay.shape[:2]
+    canvas = np.full((height + LEGEND_ROW * len(present) + 4, max(width, text_width + LEGEND_ROW + 12), 3), 255,
+                     dtype=np.uint8)
+    canvas[:height, :width] = overlay
+    for row, (c, name) in enumerate(zip(present, names)):
+        top = height + 4 + row * LEGEND_ROW
+        cv2.rectangle(canvas, (4, top), (4 + LEGEND_SWATCH, top + LEGEND_SWATCH),
+                      tuple(int(v) for v in colours[c]), thickness=-1)
+        cv2.rectangle(canvas, (4, top), (4 + LEGEND_SWATCH, top + LEGEND_SWATCH), (0, 0, 0), thickness=1)
+        cv2.putText(canvas, name, (LEGEND_ROW + 4, top + LEGEND_SWATCH - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    LEGEND_FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
