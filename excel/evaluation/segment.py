@@ -42,7 +42,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from excel.builders import build_crf, build_dataset, build_model
-from excel.config import as_list, save_config
+from excel.config import ConfigError, as_list, save_config
 from excel.data.dataset import SegmentationDataset
 from excel.data.layout import mask_candidates
 from excel.data.transforms import normalize
@@ -80,10 +80,10 @@ def scaled_side(resize: int, scale: float) -> int:
 def check_scales(resize: int, scales: Sequence[float], patch_size: int = 16) -> None:
     """Raise unless every scaled input side is a positive multiple of the patch size."""
     if not scales:
-        raise ValueError("infer.scales is empty; give at least one scale, e.g. [1.0]")
+        raise ConfigError("infer.scales is empty; give at least one scale, e.g. [1.0]")
     bad = [s for s in scales if scaled_side(resize, s) <= 0 or scaled_side(resize, s) % patch_size]
     if bad:
-        raise ValueError(f"infer.scales {bad} with infer.resize={resize} give input sides "
+        raise ConfigError(f"infer.scales {bad} with infer.resize={resize} give input sides "
                          f"{[scaled_side(resize, s) for s in bad]} that are not positive multiples of "
                          f"{patch_size}; choose scales s with int({resize}·s) divisible by {patch_size}")
 
