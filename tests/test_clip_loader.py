@@ -1,4 +1,6 @@
 """Loading CLIP weights from local files, and the errors for files that are not CLIP weights."""
+import logging
+
 import pytest
 import torch
 
@@ -66,3 +68,28 @@ def test_missing_file_and_unknown_model(tiny_clip_files, tmp_path):
         load_clip("tiny-clip-test", str(tmp_path / "absent.pt"), model_config=str(config))
     with pytest.raises(CLIPLoadError, match="not an open_clip model"):
         load_clip("no-such-model", None)
+
+
+@pytest.fixture
+def all_records(caplog, monkeypatch):
+    """caplog seeing open_clip's root-logger records and ours (setup_logging stops "excel" propagating)."""
+    monkeypatch.setattr(logging.getLogger("excel"), "propagate", True)
+    return caplog
+
+
+def test_no_random_weights_warning_when_weights_are_loaded(tiny_clip_files, all_records):
+    caplog = all_records
+    config, checkpoint = tiny_clip_files
+    with caplog.at_level(logging.WARNING):
+        load_clip("tiny-clip-test", str(checkpoint), model_config=str(config))
+    assert not [r for r in caplog.records if "random" in r.getMessage()]
+
+
+def test_random_model_says_once_that_its_weights_are_random(tiny_clip_files, all_records):
+    caplog = all_records
+    config, _ = tiny_clip_files
+    with caplog.at_level(logging.WARNING):
+        load_clip("tiny-clip-test", None, model_config=str(config))
+    messages = [r.getMessage() for r in caplog.records if "random" in r.getMessage()]
+    assert messages == ["clip.pretrained=null: the CLIP model tiny-clip-test has random weights "
+                        "(no pretrained weights loaded)"]
