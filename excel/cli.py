@@ -24,9 +24,12 @@ from excel.modeling.clip_loader import CLIPLoadError
 from excel.modeling.descriptions import DescriptionError
 from excel.modeling.text_enrichment import KnowledgeBankError
 from excel.utils.logging import setup_logging
+from excel.utils.parent_watch import exit_with_parent
 
 USER_ERRORS = (ConfigError, CheckpointError, CLIPLoadError, DatasetError, DescriptionError, KnowledgeBankError,
                FileNotFoundError)
+
+TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"   # set by torchrun in the environment of every rank it starts
 
 # File-system refusals that the user fixes (permissions, space, paths), with how to fix them.
 _OS_ERROR_FIXES = {
@@ -101,6 +104,8 @@ def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, 
     User errors and file-system refusals end with one clear line on stderr and exit code 1.
     """
     args = parser.parse_intermixed_args(argv)
+    if TORCHRUN_VARIABLE in os.environ:
+        exit_with_parent()        # torchrun starts ranks in their own session: end them if the agent dies
     setup_logging()
     cfg = None
     try:
