@@ -29,6 +29,7 @@ from excel.utils.parent_watch import exit_with_parent
 USER_ERRORS = (ConfigError, CheckpointError, CLIPLoadError, DatasetError, DescriptionError, KnowledgeBankError,
                FileNotFoundError)
 
+INTERRUPTED_EXIT_CODE = 130                # what shells report for a command ended by Ctrl-C (128 + SIGINT)
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"   # set by torchrun in the environment of every rank it starts
 
 # File-system refusals that the user fixes (permissions, space, paths), with how to fix them.
@@ -101,7 +102,7 @@ def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, 
                     argv: Sequence[str] | None = None) -> None:
     """Parse (options and overrides in any order), load the config, run ``job(cfg, args)``.
 
-    User errors and file-system refusals end with one clear line on stderr and exit code 1.
+    User errors and file-system refusals end with one clear line on stderr and exit code 1 (130 for Ctrl-C).
     """
     args = parser.parse_intermixed_args(argv)
     if TORCHRUN_VARIABLE in os.environ:
@@ -118,5 +119,9 @@ def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, 
             message = str(err)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); outputs written so far are complete files, the rest is missing",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)

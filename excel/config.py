@@ -314,8 +314,13 @@ def read_class_file(path: Path) -> tuple[list[str], list[str]]:
     """Category names and prompt names from a class file: one class a line, `name` or `name: prompt name`."""
     if not path.is_file():
         raise ConfigError(f"dataset.class_file: file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"dataset.class_file: {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                          f"give a text file with one class a line") from err
     categories, prompts = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

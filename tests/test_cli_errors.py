@@ -10,6 +10,7 @@ import torch
 from fixtures_clip import tiny_overrides
 
 from excel.cli import config_parser, run_with_config
+from excel.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_DISK = Path("/dev/full")          # every write fails with ENOSPC
@@ -40,8 +41,8 @@ def test_permission_error_names_the_path(capsys):
     error = PermissionError(errno.EACCES, "Permission denied", "/data/runs/exp1")
     code, lines = run_job(raise_(error), [], capsys)
     assert code == 1
-    assert lines == ["error: /data/runs/exp1: Permission denied; check the permissions of that path or choose "
-                     "another output folder (work_dir=... or --out)"]
+    assert lines == [("error: /data/runs/exp1: Permission denied; check the permissions of that path or choose "
+                      "another output folder (work_dir=... or --out)")]
 
 
 def test_read_only_file_system(capsys):
@@ -68,6 +69,18 @@ def test_full_disk_under_torch_save_is_one_line(capsys, tmp_path):
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith(f"error: writing a file under {tmp_path} failed (torch: ...")
     assert "the disk is probably full" in lines[0]
+
+
+def test_multi_line_user_error_is_printed_on_one_line(capsys):
+    error = ConfigError("tse.bank: cannot read bank.pt (Weights only load failed.\nUnsupported operand 103\n)")
+    code, lines = run_job(raise_(error), [], capsys)
+    assert code == 1
+    assert lines == ["error: tse.bank: cannot read bank.pt (Weights only load failed. Unsupported operand 103 )"]
+
+
+def test_ctrl_c_is_one_line(capsys):
+    code, lines = run_job(raise_(KeyboardInterrupt()), [], capsys)
+    assert code == 130 and len(lines) == 1 and lines[0].startswith("error: interrupted (Ctrl-C)")
 
 
 @pytest.mark.parametrize("error", [RuntimeError("shape mismatch in a matmul"), KeyError("head"),

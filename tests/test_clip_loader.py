@@ -62,6 +62,17 @@ def test_not_a_clip_checkpoint(tiny_clip_files, tmp_path):
         load_clip("tiny-clip-test", str(garbage), model_config=str(config))
 
 
+def test_model_config_that_is_not_an_open_clip_config(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{embed_dim: 32")
+    with pytest.raises(CLIPLoadError, match=r"clip.model_config: .*broken.json is not a JSON file"):
+        load_clip("broken", None, model_config=str(broken))
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"embed_dim": 32}')
+    with pytest.raises(CLIPLoadError, match=r"partial.json lacks vision_cfg, text_cfg"):
+        load_clip("partial", None, model_config=str(partial))
+
+
 def test_missing_file_and_unknown_model(tiny_clip_files, tmp_path):
     config, _ = tiny_clip_files
     with pytest.raises(CLIPLoadError, match="checkpoint file not found"):

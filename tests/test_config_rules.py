@@ -100,3 +100,10 @@ def test_cuda_device_must_exist(monkeypatch):
     with pytest.raises(ConfigError, match=r"device=cuda:7: only 1 GPU\(s\) are visible \(cuda:0 to cuda:0"):
         load_config(CONFIGS / "voc.yaml", ["device=cuda:7"])
     assert load_config(CONFIGS / "voc.yaml", ["device=cuda:0"]).device == "cuda:0"
+
+
+def test_binary_class_file_is_a_config_error(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes(b"\x9f\x00\xff binary")
+    with pytest.raises(ConfigError, match=r"dataset.class_file: .*classes.txt is not UTF-8 text"):
+        load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={classes}"])

@@ -5,8 +5,9 @@ For every class the prompt template (``prompts/describe_class.txt`` by default; 
 The reply is parsed, prefixed with the template sentence, lower-cased and de-duplicated;
 sentences that name another class of the list are dropped. Failed or short replies are retried
 with exponential backoff; so are replies that take longer than ``--timeout`` seconds in all (a
-server trickling bytes included) or exceed ``--max-reply-bytes``. The output file is rewritten atomically after every class, and
-classes that are already complete in it are skipped, so an interrupted run resumes.
+server trickling bytes included) or exceed ``--max-reply-bytes``. The output file is rewritten
+atomically after every class, and classes that are already complete in it are skipped, so an
+interrupted run resumes.
 
 Examples:
     python tools/generate_descriptions.py --dataset voc --out prompts/voc_descriptions.json

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import zipfile
@@ -32,6 +33,15 @@ def register_model_config(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise CLIPLoadError(f"clip.model_config: file not found: {path}")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIPLoadError(f"clip.model_config: {path} is not a JSON file ({err}); give an open_clip model "
+                            f"config (embed_dim, vision_cfg, text_cfg)") from err
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(spec, dict) or key not in spec]
+    if missing:
+        raise CLIPLoadError(f"clip.model_config: {path} lacks {', '.join(missing)}; give an open_clip model config "
+                            f"(embed_dim, vision_cfg, text_cfg)")
     open_clip.add_model_config(path)
     return path.stem
 
