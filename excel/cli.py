@@ -43,7 +43,7 @@ _OS_ERROR_FIXES = {
     errno.ENOENT: "check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
     errno.EISDIR: "the path is a folder where a file is expected; check the path",
-    errno.EEXIST: "remove it or choose another path",
+    errno.EEXIST: "it is in the way (a file where a folder is needed?); remove it or choose another path",
     errno.ENAMETOOLONG: "use a shorter path",
 }
 # What torch's checkpoint writer says when the disk fills up under it (a RuntimeError, not an OSError).
