@@ -88,7 +88,9 @@ def describe_system_error(err: BaseException, out_dir: Path) -> str | None:
     if isinstance(err, OSError) and err.errno in _OS_ERROR_FIXES:
         paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
         where = paths or f"a file under {out_dir}"
-        space = f" ({_free_space(Path(err.filename).parent if err.filename else out_dir)})" if err.errno == errno.ENOSPC else ""
+        space = ""
+        if err.errno == errno.ENOSPC:
+            space = f" ({_free_space(Path(err.filename).parent if err.filename else out_dir)})"
         return f"{where}: {err.strerror or err}{space}; {_OS_ERROR_FIXES[err.errno]}"
     if isinstance(err, RuntimeError) and any(mark in str(err) for mark in _TORCH_WRITE_FAILURES):
         detail = " ".join(str(err).split())[-160:]
@@ -122,6 +124,5 @@ def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, 
         print(f"error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); outputs written so far are complete files, the rest is missing",
-              file=sys.stderr)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)
