@@ -233,7 +233,7 @@ RULES: dict[str, Rule] = {
     "crf.bilateral_srgb": _POSITIVE,
     "crf.bilateral_compat": _NON_NEGATIVE,
     "crf.workers": int_rule(0),
-    "device": str_rule(),                       # auto | cpu | cuda | cuda:N, checked by check_device
+    "device": str_rule(pattern=r"auto|cpu|cuda(:\d+)?", pattern_text="auto, cpu, cuda or cuda:N"),
     "work_dir": str_rule(),
 }
 
@@ -279,6 +279,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     base = data.pop("_base_", None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"config file {path}: _base_={base!r} must name another YAML file "
+                          f"(relative to {path.parent})")
     for key in _unknown_keys(data, DEFAULTS):
         raise _key_error(key, str(path))
     if base is None:

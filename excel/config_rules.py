@@ -33,6 +33,8 @@ class Rule:
     item: str | None = None
     min_len: int = 0
     max_len: int | None = None
+    pattern: str = ""               # a string must match this regular expression in full ...
+    pattern_text: str = ""          # ... described so ("auto, cpu, cuda or cuda:N")
 
 
 def int_rule(low: int | None = None, high: int | None = None, nullable: bool = False) -> Rule:
@@ -46,9 +48,9 @@ def float_rule(low: float | None = None, high: float | None = None, open_low: bo
     return Rule("float", low, high, open_low, open_high)
 
 
-def str_rule(*choices: str, nullable: bool = False) -> Rule:
-    """A non-empty string, one of ``choices`` when given."""
-    return Rule("str", choices=choices, nullable=nullable)
+def str_rule(*choices: str, nullable: bool = False, pattern: str = "", pattern_text: str = "") -> Rule:
+    """A non-empty string: one of ``choices`` when given, matching ``pattern`` (described by ``pattern_text``)."""
+    return Rule("str", choices=choices, nullable=nullable, pattern=pattern, pattern_text=pattern_text)
 
 
 def list_rule(item: str, min_len: int = 0, max_len: int | None = None, low: float | None = None,
@@ -59,7 +61,7 @@ def list_rule(item: str, min_len: int = 0, max_len: int | None = None, low: floa
 
 _KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a non-empty string",
                "list": "a list"}
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+MAX_SHOWN_ITEMS = 4            # a long default list is cut after this many entries in an error message
 
 
 def _number_text(value: float) -> str:
@@ -80,7 +82,9 @@ def _range_text(rule: Rule) -> str:
 
 def _expected(rule: Rule) -> str:
     """What a rule accepts, in words: 'an integer >= 1', 'a list of 2 numbers > 0', 'one of a, b'."""
-    if rule.choices:
+    if rule.pattern_text:
+        text = rule.pattern_text
+    elif rule.choices:
         text = "one of " + ", ".join(rule.choices)
     elif rule.kind == "list":
         if rule.max_len is not None and rule.max_len == rule.min_len:
@@ -122,7 +126,17 @@ def _fits(value: Any, rule: Rule) -> bool:
         return all(_is_kind(item, rule.item) and (rule.item == "str" or _in_range(item, rule)) for item in value)
     if rule.choices:
         return value in rule.choices
+    if rule.pattern:
+        return re.fullmatch(rule.pattern, value) is not None
     return rule.kind not in ("int", "float") or _in_range(value, rule)
+
+
+def _shown_default(default: Any) -> str:
+    if default is None:
+        return "null"
+    if isinstance(default, list) and len(default) > MAX_SHOWN_ITEMS:
+        return "[" + ", ".join(map(repr, default[:MAX_SHOWN_ITEMS])) + f", ... ({len(default)} entries)]"
+    return str(default)
 
 
 def check_value(key: str, value: Any, rule: Rule, default: Any) -> None:
@@ -131,14 +145,11 @@ def check_value(key: str, value: Any, rule: Rule, default: Any) -> None:
         return
     if value is None or not _fits(value, rule):
         shown = "null" if value is None else repr(value)
-        raise ConfigError(f"{key}={shown} is not valid: use {_expected(rule)} "
-                          f"(default: {'null' if default is None else default})")
+        raise ConfigError(f"{key}={shown} is not valid: use {_expected(rule)} (default: {_shown_default(default)})")
 
 
 def check_device(name: str) -> None:
-    """Fail when ``device`` is malformed or names a GPU that this machine does not have."""
-    if not _DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"device={name!r} is not valid: use auto, cpu, cuda or cuda:N")
+    """Fail when ``device`` names a GPU that this machine does not have (its form is checked by its rule)."""
     if not name.startswith("cuda"):
         return
     import torch

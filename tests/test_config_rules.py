@@ -55,7 +55,8 @@ def test_shipped_configs_pass(name):
     ("dataset.split=''", "dataset.split='' is not valid: use a non-empty string"),
     ("work_dir=null", "work_dir=null is not valid: use a non-empty string"),
     ("clip.templates=[]", "clip.templates=[] is not valid: use a non-empty list of non-empty strings"),
-    ("device=gpu", "device='gpu' is not valid: use auto, cpu, cuda or cuda:N"),
+    ("device=gpu", "device='gpu' is not valid: use auto, cpu, cuda or cuda:N (default: auto)"),
+    ("device=3", "device=3 is not valid: use auto, cpu, cuda or cuda:N"),
     ("train=5", "train=5 is not valid: train is a section; set its keys as train.<key>=value"),
     ("train.max_iters=${nowhere}", "train.max_iters: cannot read its value"),
     ("infer.scales=[0.5,", "override 'infer.scales=[0.5,' cannot be parsed"),
@@ -107,3 +108,17 @@ def test_binary_class_file_is_a_config_error(tmp_path):
     classes.write_bytes(b"\x9f\x00\xff binary")
     with pytest.raises(ConfigError, match=r"dataset.class_file: .*classes.txt is not UTF-8 text"):
         load_config(CONFIGS / "custom_example.yaml", [f"dataset.class_file={classes}"])
+
+
+def test_base_must_name_a_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("_base_: 5\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: _base_=5 must name another YAML file"):
+        load_config(path)
+
+
+def test_long_default_list_is_cut_in_the_message():
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "voc.yaml", ["dataset.categories=cat"])
+    assert str(info.value) == ("dataset.categories='cat' is not valid: use a non-empty list of non-empty strings "
+                               "(default: ['aeroplane', 'bicycle', 'bird', 'boat', ... (20 entries)])")
