@@ -294,3 +294,25 @@ def test_backoff_doubles_between_attempts(monkeypatch):
     result = tool.generate_class(None, "prompt", "cat", ["cat"], 2, "a clean origami {}.", 3, 0.5, waits.append)
     assert result == ["a clean origami cat. it has fur.", "a clean origami cat. it has a tail."]
     assert waits == [0.5, 1.0]
+
+
+def test_ctrl_c_keeps_finished_classes_and_says_how_to_resume(start_server, prompt_file, tmp_path, monkeypatch, capsys):
+    server = start_server()
+    out = tmp_path / "out.json"
+    real_request = tool.request_completion
+
+    def interrupt_on_dog(endpoint, prompt):
+        if "<<dog>>" in prompt:
+            raise KeyboardInterrupt
+        return real_request(endpoint, prompt)
+
+    monkeypatch.setattr(tool, "request_completion", interrupt_on_dog)
+    assert run_tool(server, prompt_file, out) == 130
+    assert "interrupted; the classes finished so far are saved in" in capsys.readouterr().err
+    assert list(load_descriptions(out, ["cat"], per_class=N)) == ["cat"]
+
+
+def test_negative_retry_delay_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--classes", "cat", "--out", str(tmp_path / "o.json"), "--retry-delay", "-1"])
+    assert info.value.code == 2

@@ -60,6 +60,7 @@ RETRYABLE_HTTP_STATUS = {408, 409, 425, 429}
 DEFAULT_TIMEOUT_S = 120.0               # whole request: connection, headers and the complete body
 DEFAULT_MAX_REPLY_BYTES = 2 * 2**20     # a chat completion of a few sentences is a few kB
 READ_CHUNK_BYTES = 2**16
+INTERRUPTED_EXIT_CODE = 130             # what shells report for a command ended by Ctrl-C
 ERROR_DETAIL_BYTES = 500                # of an HTTP error body, quoted in the error message
 
 
@@ -321,6 +322,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--timeout must be more than 0 seconds")
     if args.max_reply_bytes < 1:
         parser.error("--max-reply-bytes must be at least 1")
+    if not args.retry_delay >= 0:
+        parser.error("--retry-delay must be 0 or more seconds")
     return args
 
 
@@ -334,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      args.prefix_template, args.max_retries, args.retry_delay)
     except (GenerationError, ValueError, OSError) as error:
         raise SystemExit(f"generate_descriptions: error: {error}") from error
+    except KeyboardInterrupt:
+        print(f"generate_descriptions: interrupted; the classes finished so far are saved in {args.out}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     selected = {key: descriptions[key] for key in class_keys}
     for problem in validate_descriptions(selected, class_keys, args.prefix_template, per_class=args.n):
         print(f"warning: {problem}", file=sys.stderr)
