@@ -24,7 +24,11 @@ if __name__ == "__main__":
     jobs = [executor.submit(time.sleep, 0.3) for _ in range(2)]
     [job.result() for job in jobs]
     print(json.dumps([child.pid for child in multiprocessing.active_children()]), flush=True)
-    time.sleep(120)
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        executor.shutdown()
+        print("stopped", flush=True)
 """
 
 RANK_SCRIPT = """
@@ -83,6 +87,26 @@ def test_crf_workers_end_with_a_killed_parent(tmp_path, signum):
         assert len(workers) == 2 and all(alive(pid) for pid in workers)
         parent.send_signal(signum)
         parent.wait(timeout=10)
+        assert wait_until_gone(workers) == []
+    finally:
+        parent.kill()
+        parent.wait()
+        kill_left_over(workers)
+
+
+def test_ctrl_c_reaches_the_parent_only(tmp_path):
+    """Ctrl-C signals the whole process group: the workers leave it to the parent, which stops the pool."""
+    script = tmp_path / "crf_parent.py"
+    script.write_text(textwrap.dedent(CRF_PARENT))
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers = []
+    try:
+        workers = json.loads(parent.stdout.readline())
+        os.killpg(parent.pid, signal.SIGINT)
+        out, err = parent.communicate(timeout=30)
+        assert out.strip() == "stopped" and parent.returncode == 0
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err
         assert wait_until_gone(workers) == []
     finally:
         parent.kill()

@@ -60,7 +60,7 @@ from excel.utils.distributed import (
     shard,
 )
 from excel.utils.logging import setup_logging
-from excel.utils.parent_watch import exit_with_parent
+from excel.utils.parent_watch import init_helper_process
 from excel.utils.visualize import colorize, label_overlay
 
 log = logging.getLogger(__name__)
@@ -199,12 +199,13 @@ class _InlineExecutor(Executor):
 def crf_executor(workers: int) -> Executor:
     """A pool of ``workers`` CRF processes (spawned: safe next to CUDA and threads), or inline for 0.
 
-    The workers end themselves when this process dies, even by SIGKILL (they watch their parent).
+    The workers end themselves when this process dies, even by SIGKILL (they watch their parent), and
+    leave Ctrl-C to this process.
     """
     if workers <= 0:
         return _InlineExecutor()
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=exit_with_parent, initargs=(os.getpid(),))
+                               initializer=init_helper_process, initargs=(os.getpid(),))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ agent alone would leave them training).
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -27,3 +28,10 @@ def exit_with_parent(parent_pid: int | None = None, poll_s: float = PARENT_POLL_
         os._exit(PARENT_GONE_EXIT_CODE)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def init_helper_process(parent_pid: int) -> None:
+    """Initializer of pool worker processes: Ctrl-C (sent to the whole process group) is left to the parent,
+    which stops the pool, instead of a traceback from every worker; and the worker ends with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
