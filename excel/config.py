@@ -307,7 +307,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         except (OmegaConfBaseException, yaml.YAMLError) as err:
             raise ConfigError(f"override '{item}' cannot be parsed ({_first_line(err)}); check its brackets "
                               f"and quotes, e.g. '{key}=[a, b]'") from err
-    if cfg.dataset.class_file:
+    check_rules(cfg)                # before the class file is read; the classes it sets are checked below
+    if cfg.dataset.class_file is not None:
         apply_class_file(cfg, Path(cfg.dataset.class_file))
     validate_config(cfg)
     return cfg
@@ -369,8 +370,8 @@ def _plain_value(cfg: DictConfig, key: str) -> Any:
     return value
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Every key against its rule in :data:`RULES`, then the checks that span several keys.
+def check_rules(cfg: DictConfig) -> None:
+    """Every key against its rule in :data:`RULES`.
 
     Keys of DEFAULTS without a rule are tolerated here (a test requires that every key has one).
     """
@@ -381,6 +382,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key in _valid_keys(DEFAULTS):
         if key in RULES:
             check_value(key, _plain_value(cfg, key), RULES[key], _default(key))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Every key against its rule (:func:`check_rules`), then the checks that span several keys."""
+    check_rules(cfg)
     data = cfg.dataset
     for key in ("class_names", "categories"):
         names = data[key]
