@@ -107,3 +107,12 @@ def test_malformed_descriptions_json_is_one_line(tiny_clip_files, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"description file {descriptions} is not UTF-8 text" in result.stderr
+
+
+@pytest.mark.parametrize("tool", ["scripts/train_voc.py", "tools/infer_lam.py"])
+def test_missing_dataset_root_is_one_line(tiny_clip_files, tmp_path, tool):
+    overrides = tiny_overrides(tiny_clip_files, tmp_path / "cache", **{"tse.enabled": "false", "dataset.root": "null",
+                                                                        "work_dir": tmp_path / "run"})
+    result = subprocess.run([sys.executable, tool, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: dataset.root is not set; point it at the dataset")
