@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pseudo labels for a split with torchrun, one process per GPU (CPU processes with gloo when no GPU is usable).
 #
-#   bash infer_lam.sh tools/infer_lam.py [gpu_devices] [gpu_number] [split] [checkpoint] [key=value ...]
+#   bash infer_lam.sh tools/infer_lam.py [gpu_devices] [gpu_number] [split] [checkpoint] [options, key=value ...]
 #
 #   gpu_devices  CUDA_VISIBLE_DEVICES (default 0)      gpu_number  processes (default 1)
 #   split        split list (default train)            checkpoint  trained head ("" or absent: training-free)
@@ -16,6 +16,8 @@ SPLIT=${4:-train}
 CHECKPOINT=${5:-}
 shift $(( $# < 5 ? $# : 5 ))
 source "$(dirname "${BASH_SOURCE[0]}")/tools/launch_common.sh"
+check_script "$SCRIPT"
+check_count gpu_number "$GPU_NUMBER"
 pick_python
 pick_device "$GPU_DEVICES" "$GPU_NUMBER"
 MASTER_PORT=${MASTER_PORT:-$(free_port)}
@@ -24,5 +26,5 @@ ARGS=("dataset.split=$SPLIT")
 [ -z "$CHECKPOINT" ] || ARGS=(--checkpoint "$CHECKPOINT" "${ARGS[@]}")
 ARGS+=("${DEVICE_ARGS[@]}")
 
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
-    "$SCRIPT" "${ARGS[@]}" "$@"
+# The user's options and overrides come last (any order): they win over the launcher's.
+run_ranks --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" "$SCRIPT" "${ARGS[@]}" "$@"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Segmentation inference with a trained checkpoint, one process per GPU (torchrun).
 #
-#   bash infer_seg_coco.sh tools/infer_seg_coco.py [gpu_devices] [gpu_number] [split] checkpoint [key=value ...]
+#   bash infer_seg_coco.sh tools/infer_seg_coco.py [gpu_devices] [gpu_number] [split] checkpoint [options, key=value ...]
 #
 #   gpu_devices  CUDA_VISIBLE_DEVICES, e.g. 0,1 (default 0)      gpu_number  processes (default 1)
 #   split        split list to segment (default val; test* is predicted without scoring)
@@ -23,9 +23,12 @@ SPLIT=${4:-val}
 CHECKPOINT=$5
 shift 5
 source "$(dirname "${BASH_SOURCE[0]}")/tools/launch_common.sh"
+check_script "$SCRIPT"
+check_count gpu_number "$GPU_NUMBER"
 pick_python
 pick_device "$GPU_DEVICES" "$GPU_NUMBER"
 MASTER_PORT=${MASTER_PORT:-$(free_port)}
 
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
-    "$SCRIPT" --split "$SPLIT" --checkpoint "$CHECKPOINT" "$@" "${DEVICE_ARGS[@]}"
+# The user's options and overrides come last (any order): they win over the launcher's.
+run_ranks --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
+    "$SCRIPT" --split "$SPLIT" --checkpoint "$CHECKPOINT" "${DEVICE_ARGS[@]}" "$@"

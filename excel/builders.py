@@ -74,6 +74,11 @@ def build_head(cfg: DictConfig, num_layers: int, width: int) -> ExCELHead:
 def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
     """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
     clip_model = build_clip(cfg, device)
+    depth = len(clip_model.visual.transformer.resblocks)
+    for key, value in (("svc.layers", cfg.svc.layers), ("cam.affinity_layers", cfg.cam.affinity_layers)):
+        if value > depth:
+            raise ConfigError(f"{key}={value} exceeds the {depth} blocks of the CLIP image encoder "
+                              f"{clip_model_name(cfg)}; use at most {depth}")
     text = build_text_matrix(cfg, clip_model)
     encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records)
     head = build_head(cfg, encoder.num_layers, encoder.width)

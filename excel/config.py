@@ -10,10 +10,25 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
 
 from excel.classes import VOC_CATEGORIES
+from excel.config_rules import (
+    ConfigError,
+    Rule,
+    check_device,
+    check_value,
+    float_rule,
+    int_rule,
+    list_rule,
+    str_rule,
+)
 from excel.io import write_text
 
 DEFAULTS: dict[str, Any] = {
@@ -132,9 +147,102 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used as given."""
+_BOOL = Rule("bool")
+_PATH = str_rule(nullable=True)
+_POSITIVE = float_rule(0.0, open_low=True)
+_NON_NEGATIVE = float_rule(0.0)
+_UNIT = float_rule(0.0, 1.0)
 
+# Every key of DEFAULTS → the values it accepts (checked when a config is loaded; tests keep both in step).
+RULES: dict[str, Rule] = {
+    "dataset.name": str_rule("voc", "coco", "custom"),
+    "dataset.root": _PATH,
+    "dataset.split_dir": _PATH,
+    "dataset.train_split": str_rule(),
+    "dataset.val_split": str_rule(),
+    "dataset.split": str_rule(),
+    "dataset.num_classes": int_rule(1, 254),       # class indices 1..254 (0 background, 255 ignore)
+    "dataset.class_file": _PATH,
+    "dataset.categories": list_rule("str", min_len=1),
+    "dataset.class_names": list_rule("str", min_len=1),
+    "dataset.background_names": list_rule("str"),
+    "dataset.normalize": str_rule("imagenet", "clip"),
+    "clip.model": str_rule(),
+    "clip.pretrained": _PATH,
+    "clip.model_config": _PATH,
+    "clip.quick_gelu": _BOOL,
+    "clip.templates": list_rule("str", min_len=1),
+    "tse.enabled": _BOOL,
+    "tse.descriptions": _PATH,
+    "tse.num_clusters": int_rule(1),
+    "tse.keep_ratio": float_rule(0.0, 1.0, open_low=True),
+    "tse.kmeans_seed": int_rule(0),
+    "tse.bank": _PATH,
+    "tse.cache_dir": str_rule(),
+    "svc.enabled": _BOOL,
+    "svc.layers": int_rule(1),
+    "svc.published_layer_records": _BOOL,
+    "lvc.enabled": _BOOL,
+    "lvc.start_iter": int_rule(0),
+    "lvc.mean_weight": _NON_NEGATIVE,
+    "lvc.scale": _POSITIVE,
+    "cam.box_threshold": _UNIT,
+    "cam.val_box_threshold": _UNIT,
+    "cam.affinity_layers": int_rule(1),
+    "cam.input_size": int_rule(16),
+    "par.iters": int_rule(0),
+    "par.dilations": list_rule("int", min_len=1, low=1),
+    "par.color_temperature": _POSITIVE,
+    "par.position_temperature": _POSITIVE,
+    "par.position_weight": _NON_NEGATIVE,
+    "head.adapter_dim": int_rule(1),
+    "head.adapter_hidden": int_rule(1),
+    "head.dropout": float_rule(0.0, 1.0, open_high=True),
+    "head.decoder_layers": int_rule(1),
+    "head.decoder_heads": int_rule(1),
+    "head.decoder_mlp_ratio": _POSITIVE,
+    "head.affinity_scale": _POSITIVE,
+    "train.max_iters": int_rule(1),
+    "train.batch_size": int_rule(1),
+    "train.seed": int_rule(0),
+    "train.amp": _BOOL,
+    "train.overwrite": _BOOL,
+    "train.resume_allow_changes": _BOOL,
+    "train.crop_size": int_rule(16),
+    "train.scale_range": list_rule("float", min_len=2, max_len=2, low=0.0, open_low=True),
+    "train.max_class_ratio": float_rule(0.0, 1.0, open_low=True),
+    "train.num_workers": int_rule(0),
+    "train.eval_interval": int_rule(1),
+    "train.log_interval": int_rule(1),
+    "train.aff_weight": _NON_NEGATIVE,
+    "train.aff_radius": int_rule(1),
+    "train.aff_switch_iter": int_rule(0, nullable=True),
+    "train.eval_max_images": int_rule(1, nullable=True),
+    "optim.lr": _POSITIVE,
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.betas": list_rule("float", min_len=2, max_len=2, low=0.0, high=1.0, open_high=True),
+    "optim.eps": _POSITIVE,
+    "optim.warmup_iters": int_rule(0),
+    "optim.warmup_ratio": _UNIT,
+    "optim.power": _NON_NEGATIVE,
+    "infer.resize": int_rule(16),
+    "infer.scales": list_rule("float", min_len=1, low=0.0, open_low=True),
+    "infer.flip": _BOOL,
+    "infer.flip_unit_scale": _BOOL,
+    "infer.save_overlays": _BOOL,
+    "infer.skip_existing": _BOOL,
+    "infer.logit_stride": int_rule(1),
+    "crf.enabled": _BOOL,
+    "crf.iters": int_rule(1),
+    "crf.gaussian_sxy": _POSITIVE,
+    "crf.gaussian_compat": _NON_NEGATIVE,
+    "crf.bilateral_sxy": _POSITIVE,
+    "crf.bilateral_srgb": _POSITIVE,
+    "crf.bilateral_compat": _NON_NEGATIVE,
+    "crf.workers": int_rule(0),
+    "device": str_rule(pattern=r"auto|cpu|cuda(:\d+)?", pattern_text="auto, cpu, cuda or cuda:N"),
+    "work_dir": str_rule(),
+}
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     if not isinstance(node, dict):
@@ -178,6 +286,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     base = data.pop("_base_", None)
+    if base is not None and (not isinstance(base, str) or not base.strip()):
+        raise ConfigError(f"config file {path}: _base_={base!r} must name another YAML file "
+                          f"(relative to {path.parent})")
     for key in _unknown_keys(data, DEFAULTS):
         raise _key_error(key, str(path))
     if base is None:
@@ -216,7 +327,11 @@ def _finish(data: dict, overrides: Sequence[str]) -> DictConfig:
             cfg.merge_with_dotlist([item])
         except (ConfigAttributeError, ConfigKeyError) as err:
             raise _key_error(key, "the command line") from err
-    if cfg.dataset.class_file:
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            raise ConfigError(f"override '{item}' cannot be parsed ({_first_line(err)}); check its brackets "
+                              f"and quotes, e.g. '{key}=[a, b]'") from err
+    check_rules(cfg)                # before the class file is read; the classes it sets are checked below
+    if cfg.dataset.class_file is not None:
         apply_class_file(cfg, Path(cfg.dataset.class_file))
     validate_config(cfg)
     return cfg
@@ -226,8 +341,13 @@ def read_class_file(path: Path) -> tuple[list[str], list[str]]:
     """Category names and prompt names from a class file: one class a line, `name` or `name: prompt name`."""
     if not path.is_file():
         raise ConfigError(f"dataset.class_file: file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"dataset.class_file: {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                          f"give a text file with one class a line") from err
     categories, prompts = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -251,13 +371,46 @@ def apply_class_file(cfg: DictConfig, path: Path) -> None:
     cfg.dataset.num_classes = len(categories)
 
 
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split("\n")[0].split())
+
+
+def _default(key: str) -> Any:
+    node: Any = DEFAULTS
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _plain_value(cfg: DictConfig, key: str) -> Any:
+    """The resolved value of a dotted key as plain Python (lists as lists)."""
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{key}: cannot read its value ({_first_line(err)}); give a plain value") from err
+    return value
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """Every key against its rule in :data:`RULES`.
+
+    Keys of DEFAULTS without a rule are tolerated here (a test requires that every key has one).
+    """
+    for section, node in cfg.items():
+        if isinstance(DEFAULTS.get(section), dict) and not isinstance(node, DictConfig):
+            raise ConfigError(f"{section}={node!r} is not valid: {section} is a section; set its keys as "
+                              f"{section}.<key>=value")
+    for key in _valid_keys(DEFAULTS):
+        if key in RULES:
+            check_value(key, _plain_value(cfg, key), RULES[key], _default(key))
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Cross-key checks that a single key's type cannot express."""
+    """Every key against its rule (:func:`check_rules`), then the checks that span several keys."""
+    check_rules(cfg)
     data = cfg.dataset
-    if data.name not in ("voc", "coco", "custom"):
-        raise ConfigError(f"dataset.name={data.name!r}: use voc, coco or custom")
-    if data.normalize not in ("imagenet", "clip"):
-        raise ConfigError(f"dataset.normalize={data.normalize!r}: use imagenet or clip")
     for key in ("class_names", "categories"):
         names = data[key]
         if len(names) != data.num_classes:
@@ -267,10 +420,27 @@ def validate_config(cfg: DictConfig) -> None:
             )
     if cfg.lvc.enabled and not cfg.svc.enabled:
         raise ConfigError("lvc.enabled=true needs svc.enabled=true (LVC shifts the SVC attention)")
-    if not 0.0 < cfg.tse.keep_ratio <= 1.0:
-        raise ConfigError(f"tse.keep_ratio={cfg.tse.keep_ratio} must be in (0, 1]")
     if cfg.cam.input_size % 16 or cfg.infer.resize % 16 or cfg.train.crop_size % 16:
         raise ConfigError("cam.input_size, infer.resize and train.crop_size must be multiples of 16")
+    low, high = as_list(cfg.train.scale_range)
+    if low > high:
+        raise ConfigError(f"train.scale_range=[{low}, {high}]: the first (smallest) scale must not exceed the second")
+    if cfg.head.adapter_dim % cfg.head.decoder_heads:
+        raise ConfigError(f"head.adapter_dim={cfg.head.adapter_dim} must be a multiple of "
+                          f"head.decoder_heads={cfg.head.decoder_heads} (attention splits it across heads)")
+    for template in as_list(cfg.clip.templates):
+        if template.count("{}") != 1 or _formats_badly(template):
+            raise ConfigError(f"clip.templates entry {template!r} must contain exactly one '{{}}' where the "
+                              f"class name goes (and no other braces), e.g. 'a photo of a {{}}.'")
+    check_device(cfg.device)
+
+
+def _formats_badly(template: str) -> bool:
+    try:
+        template.format("name")
+    except (IndexError, KeyError, ValueError):
+        return True
+    return False
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -1,4 +1,6 @@
 """Loading CLIP weights from local files, and the errors for files that are not CLIP weights."""
+import logging
+
 import pytest
 import torch
 
@@ -60,9 +62,45 @@ def test_not_a_clip_checkpoint(tiny_clip_files, tmp_path):
         load_clip("tiny-clip-test", str(garbage), model_config=str(config))
 
 
+def test_model_config_that_is_not_an_open_clip_config(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{embed_dim: 32")
+    with pytest.raises(CLIPLoadError, match=r"clip.model_config: .*broken.json is not a JSON file"):
+        load_clip("broken", None, model_config=str(broken))
+    partial = tmp_path / "partial.json"
+    partial.write_text('{"embed_dim": 32}')
+    with pytest.raises(CLIPLoadError, match=r"partial.json lacks vision_cfg, text_cfg"):
+        load_clip("partial", None, model_config=str(partial))
+
+
 def test_missing_file_and_unknown_model(tiny_clip_files, tmp_path):
     config, _ = tiny_clip_files
     with pytest.raises(CLIPLoadError, match="checkpoint file not found"):
         load_clip("tiny-clip-test", str(tmp_path / "absent.pt"), model_config=str(config))
     with pytest.raises(CLIPLoadError, match="not an open_clip model"):
         load_clip("no-such-model", None)
+
+
+@pytest.fixture
+def all_records(caplog, monkeypatch):
+    """caplog seeing open_clip's root-logger records and ours (setup_logging stops "excel" propagating)."""
+    monkeypatch.setattr(logging.getLogger("excel"), "propagate", True)
+    return caplog
+
+
+def test_no_random_weights_warning_when_weights_are_loaded(tiny_clip_files, all_records):
+    caplog = all_records
+    config, checkpoint = tiny_clip_files
+    with caplog.at_level(logging.WARNING):
+        load_clip("tiny-clip-test", str(checkpoint), model_config=str(config))
+    assert not [r for r in caplog.records if "random" in r.getMessage()]
+
+
+def test_random_model_says_once_that_its_weights_are_random(tiny_clip_files, all_records):
+    caplog = all_records
+    config, _ = tiny_clip_files
+    with caplog.at_level(logging.WARNING):
+        load_clip("tiny-clip-test", None, model_config=str(config))
+    messages = [r.getMessage() for r in caplog.records if "random" in r.getMessage()]
+    assert messages == ["clip.pretrained=null: the CLIP model tiny-clip-test has random weights "
+                        "(no pretrained weights loaded)"]

@@ -63,6 +63,12 @@ class FakeChatHandler(BaseHTTPRequestHandler):
             time.sleep(0.5)
         if action in ("500", "401"):
             self.reply(int(action), b'{"error": {"message": "scripted failure"}}')
+        elif action in ("trickle", "trickle_error"):
+            message = {"role": "assistant", "content": self.content("ok", class_key, n)}
+            payload = json.dumps({"choices": [{"message": message}]}).encode()
+            self.reply(200 if action == "trickle" else 503, payload, byte_delay_s=0.02)
+        elif action in ("huge", "huge_unannounced"):
+            self.reply(200, b" " * (3 * 2**20), announce_length=action == "huge")
         elif action == "malformed":
             self.reply(200, b'{"choices": [{"message": {"no_content": true}}]')
         else:
@@ -80,13 +86,22 @@ class FakeChatHandler(BaseHTTPRequestHandler):
         lines = [*bodies, f"it sleeps next to a {other}.", bodies[0]]
         return "Here they are:\n" + "\n".join(f"{index + 1}. {line}" for index, line in enumerate(lines))
 
-    def reply(self, status: int, payload: bytes):
+    def reply(self, status: int, payload: bytes, byte_delay_s: float = 0.0, announce_length: bool = True):
+        """Send ``payload``; one byte every ``byte_delay_s`` seconds when that is set (a trickling server)."""
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
+            if announce_length:
+                self.send_header("Content-Length", str(len(payload)))
+            else:
+                self.close_connection = True
             self.end_headers()
-            self.wfile.write(payload)
+            if not byte_delay_s:
+                self.wfile.write(payload)
+            for index in range(len(payload) if byte_delay_s else 0):
+                self.wfile.write(payload[index:index + 1])
+                self.wfile.flush()
+                time.sleep(byte_delay_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -160,6 +175,32 @@ def test_timeout_is_retried(start_server, prompt_file, tmp_path):
     server = start_server(["slow"])
     out = tmp_path / "out.json"
     run_tool(server, prompt_file, out, "cat", "--timeout", "0.2")
+    assert len(server.requests) == 2
+    assert load_descriptions(out, ["cat"], per_class=N)["cat"] == expected_descriptions("cat")
+
+
+@pytest.mark.parametrize("action,problem", [("trickle", "did not complete its reply within 0.5 s"),
+                                            ("trickle_error", "answered HTTP 503: {")])
+def test_trickled_reply_hits_the_total_deadline_and_is_retried(start_server, prompt_file, tmp_path, capsys, action,
+                                                               problem):
+    """A body sent one byte every 20 ms (a few seconds in all) never trips the per-read socket timeout."""
+    server = start_server([action])
+    out = tmp_path / "out.json"
+    start = time.monotonic()
+    assert run_tool(server, prompt_file, out, "cat", "--timeout", "0.5") == 0
+    assert time.monotonic() - start < 2.5
+    assert problem in capsys.readouterr().err
+    assert len(server.requests) == 2
+    assert load_descriptions(out, ["cat"], per_class=N)["cat"] == expected_descriptions("cat")
+
+
+@pytest.mark.parametrize("action,problem", [("huge", "announced a 3145728-byte reply, more than the limit"),
+                                            ("huge_unannounced", "sent more than the limit of 1048576 bytes")])
+def test_oversized_reply_is_refused_and_retried(start_server, prompt_file, tmp_path, capsys, action, problem):
+    server = start_server([action])
+    out = tmp_path / "out.json"
+    assert run_tool(server, prompt_file, out, "cat", "--max-reply-bytes", str(2**20)) == 0
+    assert problem in capsys.readouterr().err
     assert len(server.requests) == 2
     assert load_descriptions(out, ["cat"], per_class=N)["cat"] == expected_descriptions("cat")
 
@@ -253,3 +294,25 @@ def test_backoff_doubles_between_attempts(monkeypatch):
     result = tool.generate_class(None, "prompt", "cat", ["cat"], 2, "a clean origami {}.", 3, 0.5, waits.append)
     assert result == ["a clean origami cat. it has fur.", "a clean origami cat. it has a tail."]
     assert waits == [0.5, 1.0]
+
+
+def test_ctrl_c_keeps_finished_classes_and_says_how_to_resume(start_server, prompt_file, tmp_path, monkeypatch, capsys):
+    server = start_server()
+    out = tmp_path / "out.json"
+    real_request = tool.request_completion
+
+    def interrupt_on_dog(endpoint, prompt):
+        if "<<dog>>" in prompt:
+            raise KeyboardInterrupt
+        return real_request(endpoint, prompt)
+
+    monkeypatch.setattr(tool, "request_completion", interrupt_on_dog)
+    assert run_tool(server, prompt_file, out) == 130
+    assert "interrupted; the classes finished so far are saved in" in capsys.readouterr().err
+    assert list(load_descriptions(out, ["cat"], per_class=N)) == ["cat"]
+
+
+def test_negative_retry_delay_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--classes", "cat", "--out", str(tmp_path / "o.json"), "--retry-delay", "-1"])
+    assert info.value.code == 2

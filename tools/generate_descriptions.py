@@ -4,8 +4,10 @@ For every class the prompt template (``prompts/describe_class.txt`` by default; 
 ``{class}``, ``{n}`` and optionally ``{others}``) is sent to ``POST {base_url}/chat/completions``.
 The reply is parsed, prefixed with the template sentence, lower-cased and de-duplicated;
 sentences that name another class of the list are dropped. Failed or short replies are retried
-with exponential backoff. The output file is rewritten atomically after every class, and
-classes that are already complete in it are skipped, so an interrupted run resumes.
+with exponential backoff; so are replies that take longer than ``--timeout`` seconds in all (a
+server trickling bytes included) or exceed ``--max-reply-bytes``. The output file is rewritten
+atomically after every class, and classes that are already complete in it are skipped, so an
+interrupted run resumes.
 
 Examples:
     python tools/generate_descriptions.py --dataset voc --out prompts/voc_descriptions.json
@@ -55,6 +57,11 @@ SYSTEM_MESSAGE = (
     "recognition knowledge base. You follow the requested output format exactly."
 )
 RETRYABLE_HTTP_STATUS = {408, 409, 425, 429}
+DEFAULT_TIMEOUT_S = 120.0               # whole request: connection, headers and the complete body
+DEFAULT_MAX_REPLY_BYTES = 2 * 2**20     # a chat completion of a few sentences is a few kB
+READ_CHUNK_BYTES = 2**16
+INTERRUPTED_EXIT_CODE = 130             # what shells report for a command ended by Ctrl-C
+ERROR_DETAIL_BYTES = 500                # of an HTTP error body, quoted in the error message
 
 
 class GenerationError(RuntimeError):
@@ -74,13 +81,49 @@ class Endpoint:
     api_key: str
     temperature: float
     timeout_s: float
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+
+
+def read_within(stream, deadline: float, limit: int) -> tuple[bytes, str]:
+    """Read ``stream`` (anything with ``read1``) in chunks until EOF, ``deadline`` (time.monotonic) or more
+    than ``limit`` bytes. Returns the bytes read (at most ``limit``) and why it stopped: "", "deadline"
+    or "size". The socket timeout alone would restart with every byte a slow server trickles."""
+    body = bytearray()
+    while True:
+        if time.monotonic() > deadline:
+            return bytes(body), "deadline"
+        chunk = stream.read1(READ_CHUNK_BYTES)
+        if not chunk:
+            return bytes(body), ""
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), "size"
+
+
+def read_reply(response: http.client.HTTPResponse, url: str, deadline: float, endpoint: Endpoint) -> bytes:
+    """The reply body; RetryableReplyError once the request's deadline passes or the body (announced or
+    received) exceeds ``endpoint.max_reply_bytes``."""
+    limit = endpoint.max_reply_bytes
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RetryableReplyError(f"{url} announced a {int(declared)}-byte reply, more than the limit of {limit} "
+                                  f"bytes (--max-reply-bytes)")
+    body, stopped = read_within(response, deadline, limit)
+    if stopped == "deadline":
+        raise RetryableReplyError(f"{url} did not complete its reply within {endpoint.timeout_s:g} s "
+                                  f"({len(body)} bytes so far; --timeout)")
+    if stopped == "size":
+        raise RetryableReplyError(f"{url} sent more than the limit of {limit} bytes (--max-reply-bytes)")
+    return body
 
 
 def request_completion(endpoint: Endpoint, prompt: str) -> str:
     """Send one chat-completions request; return ``choices[0].message.content``.
 
-    Raises RetryableReplyError for HTTP 5xx/429, timeouts, connection errors and replies
-    without that field, GenerationError for other HTTP errors (bad key, unknown model, ...).
+    The whole request must finish within ``endpoint.timeout_s`` and the reply may hold at most
+    ``endpoint.max_reply_bytes``. Raises RetryableReplyError for HTTP 5xx/429, timeouts, oversized
+    replies, connection errors and replies without that field, GenerationError for other HTTP errors
+    (bad key, unknown model, ...).
     """
     url = endpoint.base_url.rstrip("/") + "/chat/completions"
     body = {
@@ -95,11 +138,12 @@ def request_completion(endpoint: Endpoint, prompt: str) -> str:
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {endpoint.api_key}"},
         method="POST",
     )
+    deadline = time.monotonic() + endpoint.timeout_s
     try:
         with urllib.request.build_opener().open(request, timeout=endpoint.timeout_s) as response:
-            raw = response.read()
+            raw = read_reply(response, url, deadline, endpoint)
     except urllib.error.HTTPError as error:
-        detail = error.read(500).decode("utf-8", "replace").strip()
+        detail = read_within(error, deadline, ERROR_DETAIL_BYTES)[0].decode("utf-8", "replace").strip()
         message = f"{url} answered HTTP {error.code}: {detail or error.reason}"
         if error.code >= 500 or error.code in RETRYABLE_HTTP_STATUS:
             raise RetryableReplyError(message) from error
@@ -212,7 +256,7 @@ def endpoint_from_args(args: argparse.Namespace) -> Endpoint:
     if not base_url.startswith(("http://", "https://")):
         raise GenerationError(f"base URL {base_url!r} must start with http:// or https://")
     model = args.model or os.environ.get("EXCEL_LLM_MODEL") or DEFAULT_MODEL
-    return Endpoint(base_url, model, api_key, args.temperature, args.timeout)
+    return Endpoint(base_url, model, api_key, args.temperature, args.timeout, args.max_reply_bytes)
 
 
 def ordered_output(
@@ -263,7 +307,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help=f"model name (env EXCEL_LLM_MODEL, default {DEFAULT_MODEL})")
     parser.add_argument("--api-key", help="API key (env OPENAI_API_KEY)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one reply")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds one request may take in all, reply body included (retried when exceeded)")
+    parser.add_argument("--max-reply-bytes", type=int, default=DEFAULT_MAX_REPLY_BYTES,
+                        help="largest reply accepted, in bytes (larger ones are retried)")
     parser.add_argument("--max-retries", type=int, default=5, help="retries per class after a failed attempt")
     parser.add_argument("--retry-delay", type=float, default=2.0, help="first backoff delay in seconds (doubles)")
     args = parser.parse_args(argv)
@@ -271,6 +318,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--n must be at least 1")
     if args.max_retries < 0:
         parser.error("--max-retries must be 0 or more")
+    if not args.timeout > 0:
+        parser.error("--timeout must be more than 0 seconds")
+    if args.max_reply_bytes < 1:
+        parser.error("--max-reply-bytes must be at least 1")
+    if not args.retry_delay >= 0:
+        parser.error("--retry-delay must be 0 or more seconds")
     return args
 
 
@@ -284,6 +337,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      args.prefix_template, args.max_retries, args.retry_delay)
     except (GenerationError, ValueError, OSError) as error:
         raise SystemExit(f"generate_descriptions: error: {error}") from error
+    except KeyboardInterrupt:
+        print(f"generate_descriptions: interrupted; the classes finished so far are saved in {args.out}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     selected = {key: descriptions[key] for key in class_keys}
     for problem in validate_descriptions(selected, class_keys, args.prefix_template, per_class=args.n):
         print(f"warning: {problem}", file=sys.stderr)

@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from excel.builders import build_crf, build_dataset, build_model
-from excel.config import as_list, save_config
+from excel.config import ConfigError, as_list, save_config
 from excel.data.dataset import SegmentationDataset
 from excel.data.layout import dataset_folders, mask_candidates
 from excel.data.transforms import normalize
@@ -70,6 +70,7 @@ from excel.utils.distributed import (
     shard,
 )
 from excel.utils.logging import setup_logging
+from excel.utils.parent_watch import init_helper_process
 from excel.utils.visualize import colorize, label_overlay
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ def scaled_side(resize: int, scale: float) -> int:
 def check_scales(resize: int, scales: Sequence[float], patch_size: int) -> None:
     """Raise unless every scaled input side is a positive multiple of the patch size."""
     if not scales:
-        raise ValueError("infer.scales is empty; give at least one scale, e.g. [1.0]")
+        raise ConfigError("infer.scales is empty; give at least one scale, e.g. [1.0]")
     bad = [s for s in scales if scaled_side(resize, s) <= 0 or scaled_side(resize, s) % patch_size]
     if bad:
-        raise ValueError(f"infer.scales {bad} with infer.resize={resize} give input sides "
+        raise ConfigError(f"infer.scales {bad} with infer.resize={resize} give input sides "
                          f"{[scaled_side(resize, s) for s in bad]} that are not positive multiples of "
                          f"{patch_size}; choose scales s with int({resize}·s) divisible by {patch_size}")
 
@@ -245,10 +246,15 @@ class _InlineExecutor(Executor):
 
 
 def crf_executor(workers: int) -> Executor:
-    """A pool of ``workers`` CRF processes (spawned: safe next to CUDA and threads), or inline for 0."""
+    """A pool of ``workers`` CRF processes (spawned: safe next to CUDA and threads), or inline for 0.
+
+    The workers end themselves when this process dies, even by SIGKILL (they watch their parent), and
+    leave Ctrl-C to this process.
+    """
     if workers <= 0:
         return _InlineExecutor()
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_helper_process, initargs=(os.getpid(),))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """Loading a frozen CLIP through open_clip, from a pretrained tag or a local checkpoint file."""
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import open_clip
 import torch
@@ -11,6 +15,13 @@ from torch import nn
 
 # Entries of OpenAI's TorchScript archives that are not parameters of the model.
 _OPENAI_ARCHIVE_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+log = logging.getLogger(__name__)
+
+# The warning open_clip's factory logs whenever it builds a model without a pretrained tag; the loader
+# builds the model that way and loads the weights itself, so the message would be wrong.
+_OPEN_CLIP_RANDOM_WARNING = "No pretrained weights loaded for model"
 
 
 class CLIPLoadError(RuntimeError):
@@ -22,8 +33,38 @@ def register_model_config(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise CLIPLoadError(f"clip.model_config: file not found: {path}")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIPLoadError(f"clip.model_config: {path} is not a JSON file ({err}); give an open_clip model "
+                            f"config (embed_dim, vision_cfg, text_cfg)") from err
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(spec, dict) or key not in spec]
+    if missing:
+        raise CLIPLoadError(f"clip.model_config: {path} lacks {', '.join(missing)}; give an open_clip model config "
+                            f"(embed_dim, vision_cfg, text_cfg)")
     open_clip.add_model_config(path)
     return path.stem
+
+
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_OPEN_CLIP_RANDOM_WARNING)
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" record (logged on the root logger) while building a model."""
+    root = logging.getLogger()
+    root.addFilter(_drop_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
+def _create_unloaded(model_name: str, quick_gelu: bool) -> nn.Module:
+    """The open_clip model with its initial (random) weights, built without open_clip's warning about them."""
+    with _without_random_init_warning():
+        return open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -87,8 +128,12 @@ def load_clip(model_name: str, pretrained: str | None, quick_gelu: bool = True,
         path = Path(pretrained)
         if not path.is_file():
             raise CLIPLoadError(f"clip.pretrained: checkpoint file not found: {path}")
-        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        model = _create_unloaded(model_name, quick_gelu)
         _load_state(model, _read_checkpoint(path), path, model_name)
+    elif pretrained is None:
+        model = _create_unloaded(model_name, quick_gelu)
+        log.warning("clip.pretrained=null: the CLIP model %s has random weights (no pretrained weights loaded)",
+                    model_name)
     else:
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)

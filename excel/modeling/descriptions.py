@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 
+class DescriptionError(ValueError):
+    """A description file that is missing pieces or is not the expected JSON object of string lists."""
+
+
 def dedupe_key(description: str) -> str:
     """The form two descriptions share when they say the same thing (case, spacing, final period)."""
     return " ".join(description.lower().split()).rstrip(".")
@@ -28,19 +32,24 @@ def read_description_file(path: str | os.PathLike) -> dict[str, list[str]]:
         )
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DescriptionError(
+            f"description file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+            f"give a JSON file mapping class keys to lists of sentences"
+        ) from error
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise DescriptionError(
             f"description file {path} is not valid JSON ({error.msg} at line {error.lineno}, "
             f"column {error.colno}); fix the file or regenerate it"
         ) from error
     if not isinstance(content, dict):
-        raise ValueError(
+        raise DescriptionError(
             f"description file {path} must hold a JSON object mapping class keys to lists of "
             f"strings, found a {type(content).__name__}"
         )
     for key, entries in content.items():
         if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
-            raise ValueError(
+            raise DescriptionError(
                 f"description file {path}: the value of class {key!r} must be a list of strings"
             )
     return content
@@ -60,12 +69,12 @@ def load_descriptions(
     for key in class_keys:
         entries = content.get(key)
         if not entries:
-            raise ValueError(
+            raise DescriptionError(
                 f"description file {path} has no descriptions for class {key!r}; add them under "
                 f"the key {key!r} (keys present: {sorted(content)})"
             )
         if per_class is not None and len(entries) < per_class:
-            raise ValueError(
+            raise DescriptionError(
                 f"description file {path}: class {key!r} has {len(entries)} descriptions, at "
                 f"least {per_class} are needed"
             )
@@ -73,7 +82,7 @@ def load_descriptions(
         for index, entry in enumerate(entries):
             previous = seen.setdefault(dedupe_key(entry), index)
             if previous != index:
-                raise ValueError(
+                raise DescriptionError(
                     f"description file {path}: class {key!r} lists the same description twice "
                     f"(entries {previous} and {index}: {entry!r}); remove or rewrite one"
                 )
