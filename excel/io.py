@@ -6,6 +6,7 @@ New files get the permissions the process umask allows (as ``open`` would give t
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -84,9 +85,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     The target appears complete or not at all; on any error the temporary file is removed and an
-    existing file at ``path`` is left as it was. The file gets mode 0666 minus the umask.
+    existing file at ``path`` is left as it was. The file gets mode 0666 minus the umask. A target that
+    exists but is not a regular file (a device, a folder, a pipe) is refused: renaming over it would
+    replace it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FileExistsError(errno.EEXIST, "exists and is not a regular file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

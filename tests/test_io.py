@@ -2,6 +2,7 @@
 refusal of output folders inside a dataset, and file modes of atomic writes."""
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,16 @@ def test_split_names_that_are_not_plain_file_names_are_refused(split):
     with pytest.raises(DatasetError, match="must be a plain file name"):
         check_split_name(split)
     assert check_split_name("train_aug") == "train_aug"
+
+
+def test_atomic_write_refuses_to_replace_what_is_not_a_regular_file(tmp_path):
+    """Renaming over a device node, folder or pipe would replace it: refused, and the target is left alone."""
+    folder = tmp_path / "out.png"
+    folder.mkdir()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (folder, fifo, Path("/dev/null")):
+        with pytest.raises(FileExistsError, match="not a regular file"):
+            write_text(target, "x")
+    assert folder.is_dir() and fifo.is_fifo() and Path("/dev/null").is_char_device()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "pipe"]
