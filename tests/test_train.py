@@ -171,3 +171,14 @@ def test_work_dir_inside_the_dataset_is_refused(tiny_voc, tiny_clip_files, tmp_p
                                            rf"folder {root / 'JPEGImages'}"):
         engine.train(cfg)
     assert not (root / "JPEGImages" / "run").exists()
+
+
+def test_data_problems_are_reported_before_anything_is_loaded_or_written(tiny_voc, tiny_clip_files, tmp_path):
+    """A batch larger than the split and an unset dataset.root end as one ConfigError, with no work_dir made."""
+    too_big = train_cfg(tiny_voc, tiny_clip_files, tmp_path, "big", **{"train.batch_size": 64})
+    with pytest.raises(ConfigError, match=r"train.batch_size=64 .* has \d+"):
+        engine.train(too_big)
+    unset = train_cfg(tiny_voc, tiny_clip_files, tmp_path, "unset", **{"dataset.root": "null"})
+    with pytest.raises(ConfigError, match="dataset.root is not set"):
+        engine.train(unset)
+    assert not (tmp_path / "big").exists() and not (tmp_path / "unset").exists()

@@ -69,6 +69,13 @@ class Trainer:
         if resume_state is not None:
             check_training_state(resume_state, resume)
         check_work_dir(cfg, resume, resume_state)
+        # The data first: a missing or too small dataset is reported before anything is loaded or written.
+        train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
+        self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
+        if len(train_set) < cfg.train.batch_size * dist.world_size():
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} × {dist.world_size()} process(es) needs at least "
+                              f"that many images, but split {cfg.dataset.train_split!r} has {len(train_set)}; lower "
+                              "train.batch_size or use a larger split")
         if dist.is_main():
             self.work_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.work_dir / "config.yaml")
@@ -91,14 +98,12 @@ class Trainer:
         if resume is not None:
             self._resume(resume, resume_state)
 
-        train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
         sampler = EpochIndexSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, self.start_iter,
                                     dist.rank(), dist.world_size())
         self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=cfg.train.batch_size, sampler=sampler,
                                  num_workers=cfg.train.num_workers, collate_fn=collate,
                                  generator=torch.Generator(), persistent_workers=cfg.train.num_workers > 0,
                                  pin_memory=self.device.type == "cuda")
-        self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
         self.writer = None
         if dist.is_main():
             from torch.utils.tensorboard import SummaryWriter
