@@ -1,6 +1,6 @@
-import importlib.util
 import json
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -10,21 +10,10 @@ from pathlib import Path
 import pytest
 
 from excel.modeling.descriptions import load_descriptions
+from excel.prep import description_generation as tool
 from excel.prep.descriptions import save_descriptions, validate_descriptions
 
-TOOL_PATH = Path(__file__).resolve().parents[1] / "tools" / "generate_descriptions.py"
 N = 3
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("generate_descriptions_tool", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
 
 
 def expected_descriptions(class_key: str, n: int = N) -> list[str]:
@@ -316,3 +305,10 @@ def test_negative_retry_delay_is_refused(tmp_path):
     with pytest.raises(SystemExit) as info:
         tool.main(["--classes", "cat", "--out", str(tmp_path / "o.json"), "--retry-delay", "-1"])
     assert info.value.code == 2
+
+
+def test_the_tool_script_runs_the_package_command_line():
+    """tools/generate_descriptions.py is a thin entry point over excel.prep.description_generation."""
+    result = subprocess.run([sys.executable, "tools/generate_descriptions.py", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 0 and "--max-reply-bytes" in result.stdout

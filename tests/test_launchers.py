@@ -1,6 +1,5 @@
 """The bash launchers end to end on the tiny VOC: options and overrides in any order, user errors as one
 line (no torchrun traceback), bad launcher arguments caught before torchrun starts."""
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,16 +16,10 @@ from torch.distributed.elastic.multiprocessing.errors import (
 from excel.builders import build_model
 from excel.config import load_config
 from excel.engine.checkpoint import save_checkpoint
+from excel.utils.launch import describe_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC_VAL_IDS = ["2007_000033", "2007_000042", "2007_000061", "2007_000123"]
-
-
-def load_launch_ranks():
-    spec = importlib.util.spec_from_file_location("launch_ranks_tool", ROOT / "tools" / "launch_ranks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def launcher_env() -> dict:
@@ -99,10 +92,9 @@ def failure(exitcode: int) -> ProcessFailure:
 
 
 def test_rank_failures_are_summarised_in_one_line():
-    tool = load_launch_ranks()
-    assert tool.describe_failure(ChildFailedError("train.py", {0: failure(1), 1: failure(1)})) == (None, 1)
-    line, code = tool.describe_failure(ChildFailedError("train.py", {0: failure(-signal.SIGKILL)}))
+    assert describe_failure(ChildFailedError("train.py", {0: failure(1), 1: failure(1)})) == (None, 1)
+    line, code = describe_failure(ChildFailedError("train.py", {0: failure(-signal.SIGKILL)}))
     assert line == "error: rank 0 of train.py was killed by SIGKILL (SIGKILL often means out of memory)"
     assert code == 128 + signal.SIGKILL
-    assert tool.describe_failure(ChildFailedError("train.py", {1: failure(3)})) == (
+    assert describe_failure(ChildFailedError("train.py", {1: failure(3)})) == (
         "error: rank 1 of train.py ended with exit code 3", 3)

@@ -6,7 +6,7 @@
 #   free_port             prints a free TCP port
 #   check_count NAME VALUE  exits with an error line unless VALUE is a positive integer
 #   check_script PATH     exits with an error line unless PATH is a Python file
-#   run_ranks ARGS...     replaces the shell by torchrun (tools/launch_ranks.py: the same options, and a
+#   run_ranks ARGS...     replaces the shell by torchrun (python -m excel.utils.launch: the same options, and a
 #                         rank's user error ends as its one error line instead of a torchrun traceback)
 
 LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +32,7 @@ check_script() {
 }
 
 run_ranks() {
-    exec "$PYTHON" "$LAUNCH_ROOT/tools/launch_ranks.py" "$@"
+    exec "$PYTHON" -m excel.utils.launch "$@"
 }
 
 pick_device() {

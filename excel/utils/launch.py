@@ -7,7 +7,7 @@ with exit code 1; any other failure (a crash, a rank killed by a signal) ends wi
 rank and how it ended, and the rank's exit code. Ranks end themselves if this process is killed
 (see excel/utils/parent_watch.py).
 
-    python tools/launch_ranks.py [torchrun options] script.py [script arguments]
+    python -m excel.utils.launch [torchrun options] script.py [script arguments]
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def describe_failure(error: ChildFailedError) -> tuple[str | None, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """torchrun with ``argv``; returns the exit code."""
     logging.getLogger(_AGENT_LOGGER).addFilter(_not_a_user_error_report)
     try:
         torchrun_main(list(argv) if argv is not None else None)
