@@ -17,4 +17,7 @@ def device() -> torch.device:
     name = os.environ.get(DEVICE_ENV, "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         pytest.fail(f"{DEVICE_ENV}={name} but CUDA is not available; unset it to test on the CPU")
+    # The references are float32 on the CPU: no TF32 rounding in the device's matrix products and convolutions.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     return torch.device(name)
