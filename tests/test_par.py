@@ -244,3 +244,18 @@ def test_native_kernels_reject_other_dtypes():
     with pytest.raises(ValueError, match="float32"):
         native_affinity(torch.rand(1, 3, 10, 10, dtype=torch.float64), 1, torch.tensor([[0, 1]]), 0.3, 1e-8,
                         torch.ones(1))
+
+
+@NATIVE
+@pytest.mark.parametrize("batch, threads", [(2, 2), (3, 2), (1, 2)])
+def test_native_par_with_threads_per_image_and_per_row(batch, threads):
+    """Images split among the threads (batch 2) and rows of each image split among them (batch 3, 1)."""
+    image = realistic_image(batch, 30, 37, seed=4)
+    masks = torch.rand(batch, 5, 30, 37, generator=torch.Generator().manual_seed(4))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = PAR(num_iter=7, form="native")(image, masks)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(out, StraightforwardPAR(num_iter=7)(image, masks), rtol=0, atol=1e-5)

@@ -121,21 +121,6 @@ void par_affinity_f32(const float *image, float *weights, int64_t batch, int64_t
     }
 }
 
-/* Copy the first and last interior rows of every padded map into its top and bottom margins. */
-static void pad_rows(float *state, int64_t maps, int64_t height, int64_t margin, int64_t padded_w) {
-    const int64_t plane = (height + 2 * margin) * padded_w;
-#pragma omp for schedule(static)
-    for (int64_t map = 0; map < maps; ++map) {
-        float *base = state + map * plane;
-        const float *first = base + margin * padded_w, *last = base + (margin + height - 1) * padded_w;
-        for (int64_t r = 0; r < margin; ++r) {
-            memcpy(base + r * padded_w, first, sizeof(float) * padded_w);
-            memcpy(base + (margin + height + r) * padded_w, last, sizeof(float) * padded_w);
-        }
-    }
-}
-
-
 /* One output row of up to MAPS maps (MAPS fixed at compile time, so the sums stay in registers):
  * out[k][x] = Σ_m w[m][x] · nb_m[k][x] for x in [0, width), the sum taken in neighbour order. */
 #define DEFINE_ROW(MAPS)                                                                                    \
@@ -166,42 +151,72 @@ DEFINE_ROW(2)
 DEFINE_ROW(3)
 DEFINE_ROW(4)
 
+/* One round for output row y of one image: the maps four at a time, then the row's left and right margins. */
+static void propagate_row(const float *weights, const float *src, float *dst, int64_t y, int64_t maps,
+                          int64_t height, int64_t width, int64_t margin, int64_t count, const int64_t *offset) {
+    const int64_t padded_w = width + 2 * margin, plane = (height + 2 * margin) * padded_w;
+    const float *w = weights + y * count * width;
+    for (int64_t k = 0; k < maps; k += 4) {
+        const int64_t at = k * plane + (y + margin) * padded_w + margin;
+        switch (maps - k < 4 ? maps - k : 4) {
+            case 1: row_1(w, src + at, offset, count, width, plane, dst + at); break;
+            case 2: row_2(w, src + at, offset, count, width, plane, dst + at); break;
+            case 3: row_3(w, src + at, offset, count, width, plane, dst + at); break;
+            default: row_4(w, src + at, offset, count, width, plane, dst + at); break;
+        }
+    }
+    for (int64_t k = 0; k < maps; ++k) {
+        float *line = dst + k * plane + (y + margin) * padded_w;
+        for (int64_t x = 0; x < margin; ++x) {
+            line[x] = line[margin];
+            line[margin + width + x] = line[margin + width - 1];
+        }
+    }
+}
+
+/* Copy the first and last interior rows of one padded map into its top and bottom margins. */
+static void pad_rows(float *map, int64_t height, int64_t margin, int64_t padded_w) {
+    const float *first = map + margin * padded_w, *last = map + (margin + height - 1) * padded_w;
+    for (int64_t r = 0; r < margin; ++r) {
+        memcpy(map + r * padded_w, first, sizeof(float) * padded_w);
+        memcpy(map + (margin + height + r) * padded_w, last, sizeof(float) * padded_w);
+    }
+}
+
 /* `iterations` rounds of state ← Σ_m weights[m] · state(shifted by offset[m]), replicate-padded after each
- * round; offset[m] = dy[m]·Wp + dx[m]. One image at a time (its weights stay in cache across the rounds),
- * the maps four at a time. `state` holds the padded input; returns 0 when the result is in `state`, 1 when
- * in `spare`. */
+ * round; offset[m] = dy[m]·Wp + dx[m]. One image at a time, so that its weights stay in cache across the
+ * rounds: whole images per thread when they divide evenly among the threads (no synchronisation), else the
+ * rows of each image shared among the threads. `state` holds the padded input; returns 0 when the result
+ * is in `state`, 1 when in `spare`. */
 int par_propagate_f32(const float *weights, float *state, float *spare, int64_t batch, int64_t maps,
                       int64_t height, int64_t width, int64_t margin, int64_t count, const int64_t *offset,
                       int64_t iterations, int threads) {
     const int64_t padded_w = width + 2 * margin, plane = (height + 2 * margin) * padded_w;
+    const int64_t image_weights = height * count * width;
+    if (batch % threads == 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t b = 0; b < batch; ++b) {
+            for (int64_t it = 0; it < iterations; ++it) {
+                const float *src = (it % 2 ? spare : state) + b * maps * plane;
+                float *dst = (it % 2 ? state : spare) + b * maps * plane;
+                for (int64_t y = 0; y < height; ++y)
+                    propagate_row(weights + b * image_weights, src, dst, y, maps, height, width, margin, count, offset);
+                for (int64_t k = 0; k < maps; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
+            }
+        }
+        return (int)(iterations % 2);
+    }
     for (int64_t b = 0; b < batch; ++b) {
-        const float *image_weights = weights + b * height * count * width;
         for (int64_t it = 0; it < iterations; ++it) {
             const float *src = (it % 2 ? spare : state) + b * maps * plane;
             float *dst = (it % 2 ? state : spare) + b * maps * plane;
 #pragma omp parallel num_threads(threads)
             {
 #pragma omp for schedule(static)
-                for (int64_t y = 0; y < height; ++y) {
-                    const float *w = image_weights + y * count * width;
-                    for (int64_t k = 0; k < maps; k += 4) {
-                        const int64_t at = k * plane + (y + margin) * padded_w + margin;
-                        switch (maps - k < 4 ? maps - k : 4) {
-                            case 1: row_1(w, src + at, offset, count, width, plane, dst + at); break;
-                            case 2: row_2(w, src + at, offset, count, width, plane, dst + at); break;
-                            case 3: row_3(w, src + at, offset, count, width, plane, dst + at); break;
-                            default: row_4(w, src + at, offset, count, width, plane, dst + at); break;
-                        }
-                    }
-                    for (int64_t k = 0; k < maps; ++k) {
-                        float *line = dst + k * plane + (y + margin) * padded_w;
-                        for (int64_t x = 0; x < margin; ++x) {
-                            line[x] = line[margin];
-                            line[margin + width + x] = line[margin + width - 1];
-                        }
-                    }
-                }
-                pad_rows(dst, maps, height, margin, padded_w);
+                for (int64_t y = 0; y < height; ++y)
+                    propagate_row(weights + b * image_weights, src, dst, y, maps, height, width, margin, count, offset);
+#pragma omp for schedule(static)
+                for (int64_t k = 0; k < maps; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
             }
         }
     }
