@@ -3,9 +3,9 @@ system C compiler and loaded with ctypes.
 
 The library is cached under ``$EXCEL_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/excel`` or
 ``~/.cache/excel``), one file per source, compiler, flags and CPU, written atomically so that
-concurrent processes may build it at once. Without a compiler, or when the build fails, or with
-``EXCEL_NATIVE_PAR=0``, :func:`load_kernels` returns None (with one warning for a failed build)
-and PAR falls back to its portable torch form.
+concurrent processes may build it at once. Without a compiler (``$CC``, else cc, gcc or clang) or
+the C source, when the build fails, or with ``EXCEL_NATIVE_PAR=0``, :func:`load_kernels` returns
+None (with one warning for a failed build) and PAR falls back to its portable torch form.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def load_kernels() -> ctypes.CDLL | None:
     if os.environ.get(SWITCH_ENV, "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
+    if compiler is None or not SOURCE.is_file():
         return None
     source = SOURCE.read_bytes()
     for flags in FLAG_SETS:
