@@ -259,3 +259,25 @@ def test_native_par_with_threads_per_image_and_per_row(batch, threads):
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(out, StraightforwardPAR(num_iter=7)(image, masks), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_par_counts_skip_zero_padding_maps(form):
+    """Maps past an image's count are zero padding: they stay zero and the real maps are unchanged."""
+    image = realistic_image(3, 24, 40, seed=6)
+    masks = torch.rand(3, 4, 24, 40, generator=torch.Generator().manual_seed(6))
+    counts = torch.tensor([4, 2, 1])
+    masks[1, 2:] = 0
+    masks[2, 1:] = 0
+    par = PAR(num_iter=5, form=form)  # odd: the native result lies in its second buffer
+    out = par(image, masks, counts)
+    torch.testing.assert_close(out, StraightforwardPAR(num_iter=5)(image, masks), rtol=0, atol=1e-5)
+    assert not out[1, 2:].any() and not out[2, 1:].any()
+
+
+@NATIVE
+def test_native_par_rejects_counts_out_of_range():
+    image, masks = realistic_image(2, 8, 8), torch.rand(2, 3, 8, 8)
+    for counts in (torch.tensor([4, 1]), torch.tensor([-1, 1]), torch.tensor([1, 1, 1])):
+        with pytest.raises(ValueError, match="counts"):
+            PAR(num_iter=1, form="native")(image, masks, counts)

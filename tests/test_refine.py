@@ -286,7 +286,7 @@ def test_pseudo_labels_match_per_image_reference(dynamic):
 class _NegatingRefiner(nn.Module):
     """Stand-in for PAR that makes every real score negative, so zero padding would win unless masked."""
 
-    def forward(self, image, masks):
+    def forward(self, image, masks, counts):
         self.output = -masks - 1
         return self.output
 

@@ -196,7 +196,7 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
               BATCH_FORWARD, lambda _: label_maps(cams.float(), cls_labels, layer_aff, (crop, crop),
                                                   cfg.cam.box_threshold)),
         Stage("par", f"PAR, {cfg.par.iters} iterations on {tuple(maps.maps.shape)} maps", BATCH_FORWARD,
-              lambda _: par(par_image, maps.maps)),
+              lambda _: par(par_image, maps.maps, (maps.keys >= 0).sum(dim=1))),
         Stage("losses", "L_seg + L_aff (upsampling, affinity targets)", BATCH_FORWARD, losses, setup=forward_head),
         Stage("backward_step", "backward + optimiser + scheduler step", BATCH_FORWARD, backward_step,
               setup=lambda: losses(forward_head())),

@@ -209,9 +209,11 @@ class PAR(nn.Module):
             state = neighbours.mul_(weights).sum(dim=2).view(batch, channels, height, width)
         return state
 
-    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, masks: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """image: B×C×Hi×Wi (resized to H×W, bilinear, align_corners=True); masks: B×K×H×W → B×K×H×W.
 
+        counts: optional B ints, how many leading maps of each image are real; the later ones must be all
+        zero (padding, which stays zero), and the native form skips them.
         Computed in float32 at least; the result has the dtype of ``masks``.
         """
         if image.dim() != 4 or masks.dim() != 4 or image.shape[0] != masks.shape[0]:
@@ -230,7 +232,7 @@ class PAR(nn.Module):
             weights = native_affinity(F.pad(image, pad, mode="replicate").contiguous(), self.margin, offsets,
                                       self.color_temperature, _STD_EPS, self.position_affinity)
             out = native_propagate(weights, F.pad(state, pad, mode="replicate").contiguous(), self.margin, offsets,
-                                   self.num_iter)
+                                   self.num_iter, counts)
         elif form == "sparse":
             out = self._propagate_sparse(self.affinity(image), state)
         else:

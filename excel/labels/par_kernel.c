@@ -186,22 +186,24 @@ static void pad_rows(float *map, int64_t height, int64_t margin, int64_t padded_
 /* `iterations` rounds of state ← Σ_m weights[m] · state(shifted by offset[m]), replicate-padded after each
  * round; offset[m] = dy[m]·Wp + dx[m]. One image at a time, so that its weights stay in cache across the
  * rounds: whole images per thread when they divide evenly among the threads (no synchronisation), else the
- * rows of each image shared among the threads. `state` holds the padded input; returns 0 when the result
+ * rows of each image shared among the threads. Only the first real[b] maps of image b are computed (the
+ * others are zero padding and stay as they are). `state` holds the padded input; returns 0 when the result
  * is in `state`, 1 when in `spare`. */
 int par_propagate_f32(const float *weights, float *state, float *spare, int64_t batch, int64_t maps,
-                      int64_t height, int64_t width, int64_t margin, int64_t count, const int64_t *offset,
-                      int64_t iterations, int threads) {
+                      const int64_t *real, int64_t height, int64_t width, int64_t margin, int64_t count,
+                      const int64_t *offset, int64_t iterations, int threads) {
     const int64_t padded_w = width + 2 * margin, plane = (height + 2 * margin) * padded_w;
     const int64_t image_weights = height * count * width;
     if (batch % threads == 0) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t b = 0; b < batch; ++b) {
             for (int64_t it = 0; it < iterations; ++it) {
                 const float *src = (it % 2 ? spare : state) + b * maps * plane;
                 float *dst = (it % 2 ? state : spare) + b * maps * plane;
                 for (int64_t y = 0; y < height; ++y)
-                    propagate_row(weights + b * image_weights, src, dst, y, maps, height, width, margin, count, offset);
-                for (int64_t k = 0; k < maps; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
+                    propagate_row(weights + b * image_weights, src, dst, y, real[b], height, width, margin, count,
+                                  offset);
+                for (int64_t k = 0; k < real[b]; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
             }
         }
         return (int)(iterations % 2);
@@ -214,9 +216,10 @@ int par_propagate_f32(const float *weights, float *state, float *spare, int64_t 
             {
 #pragma omp for schedule(static)
                 for (int64_t y = 0; y < height; ++y)
-                    propagate_row(weights + b * image_weights, src, dst, y, maps, height, width, margin, count, offset);
+                    propagate_row(weights + b * image_weights, src, dst, y, real[b], height, width, margin, count,
+                                  offset);
 #pragma omp for schedule(static)
-                for (int64_t k = 0; k < maps; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
+                for (int64_t k = 0; k < real[b]; ++k) pad_rows(dst + k * plane, height, margin, padded_w);
             }
         }
     }

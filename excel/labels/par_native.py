@@ -78,7 +78,8 @@ def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     library.par_affinity_f32.argtypes = [_POINTER, _POINTER, *[_INT64] * 6, _POINTER, _POINTER, _FLOAT, _FLOAT,
                                          _POINTER, _POINTER, _INT]
     library.par_propagate_f32.restype = _INT
-    library.par_propagate_f32.argtypes = [_POINTER, _POINTER, _POINTER, *[_INT64] * 6, _POINTER, _INT64, _INT]
+    library.par_propagate_f32.argtypes = [_POINTER, _POINTER, _POINTER, _INT64, _INT64, _POINTER, *[_INT64] * 4,
+                                          _POINTER, _INT64, _INT]
     return library
 
 
@@ -142,18 +143,23 @@ def native_affinity(padded_image: torch.Tensor, margin: int, offsets: torch.Tens
 
 
 def native_propagate(weights: torch.Tensor, padded_maps: torch.Tensor, margin: int, offsets: torch.Tensor,
-                     iterations: int) -> torch.Tensor:
+                     iterations: int, counts: torch.Tensor | None = None) -> torch.Tensor:
     """``iterations`` PAR rounds on replicate-padded float32 maps B×K×Hp×Wp with weights B×H×M×W → B×K×H×W.
 
-    ``padded_maps`` is used as work space (overwritten).
+    counts: B ints; the maps of image b from counts[b] on are zero padding and are left as they are (None:
+    all maps are real). ``padded_maps`` is used as work space (overwritten).
     """
     library = _kernels_for(weights, padded_maps)
     batch, maps, padded_h, padded_w = padded_maps.shape
     height, width = padded_h - 2 * margin, padded_w - 2 * margin
+    real = torch.full((batch,), maps, dtype=torch.int64) if counts is None else counts.to("cpu", torch.int64)
+    if real.shape != (batch,) or bool(((real < 0) | (real > maps)).any()):
+        raise ValueError(f"counts must hold {batch} map counts between 0 and {maps}, got {real.tolist()}")
+    real = real.contiguous()
     flat_offsets = (offsets[:, 0] * padded_w + offsets[:, 1]).contiguous()
-    spare = torch.empty_like(padded_maps)
-    which = library.par_propagate_f32(_pointer(weights), _pointer(padded_maps), _pointer(spare), batch, maps, height,
-                                      width, margin, offsets.shape[0], _pointer(flat_offsets), iterations,
-                                      torch.get_num_threads())
+    spare = torch.zeros_like(padded_maps)  # the padding maps of the result are zero in both buffers
+    which = library.par_propagate_f32(_pointer(weights), _pointer(padded_maps), _pointer(spare), batch, maps,
+                                      _pointer(real), height, width, margin, offsets.shape[0], _pointer(flat_offsets),
+                                      iterations, torch.get_num_threads())
     result = spare if which else padded_maps
     return result[:, :, margin:margin + height, margin:margin + width]
