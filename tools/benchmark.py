@@ -331,8 +331,8 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
     par_form = build_par(cfg).resolve_form(device, torch.float32)
     report = {
         "setup": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": device_name(torch.device("cpu")),
-                  "cores": os.cpu_count(), "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
-                  "par_form": par_form,
+                  "cores": os.cpu_count(), "par_form": par_form,
+                  "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
                   "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
                   "torch": torch.__version__, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                   "batch_size": cfg.train.batch_size, "crop_size": cfg.train.crop_size,
