@@ -119,9 +119,15 @@ def build_crf(cfg: DictConfig) -> DenseCRF | None:
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.AdamW:
-    """AdamW over ``params`` with optim.* (docs/method.md §8)."""
+    """AdamW over ``params`` with optim.* (docs/method.md §8): the fused kernel (one pass over all the
+    parameters) where torch has one for their device, the default kernels otherwise."""
     o = cfg.optim
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(as_list(o.betas)), eps=o.eps)
+    params = list(params)
+    settings = dict(lr=o.lr, weight_decay=o.weight_decay, betas=tuple(as_list(o.betas)), eps=o.eps)
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, ValueError):  # no fused AdamW for this device (or this torch version)
+        return torch.optim.AdamW(params, **settings)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,4 +1,6 @@
 """The dense CLIP forward with SVC and LVC against plain reference computations (docs/method.md §2, §7)."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,11 +71,11 @@ def test_svc_off_equals_open_clip_tokens(tiny_clip):
     torch.testing.assert_close(out.tokens[:, 1:], tokens @ visual.proj, atol=1e-5, rtol=1e-5)
 
 
-def test_svc_forward_matches_reference(tiny_clip, images):
-    out = DenseCLIPEncoder(tiny_clip.visual)(images)
+def test_svc_forward_matches_reference(tiny_clip, images, device):
+    out = DenseCLIPEncoder(copy.deepcopy(tiny_clip.visual).to(device))(images.to(device))
     with torch.no_grad():
         expected = reference_forward(tiny_clip.visual, images)
-    torch.testing.assert_close(out.tokens, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.tokens.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_recorded_maps_mix_head_mean_and_head_sum(tiny_clip, images):
@@ -84,14 +86,14 @@ def test_recorded_maps_mix_head_mean_and_head_sum(tiny_clip, images):
     torch.testing.assert_close(row_sums[7:], torch.full_like(row_sums[7:], encoder.num_heads))
 
 
-def test_lvc_from_cache_equals_second_pass(tiny_clip, images):
-    encoder = DenseCLIPEncoder(tiny_clip.visual)
-    out = encoder(images)
+def test_lvc_from_cache_equals_second_pass(tiny_clip, images, device):
+    encoder = DenseCLIPEncoder(copy.deepcopy(tiny_clip.visual).to(device))
+    out = encoder(images.to(device))
     features = torch.randn(2, 16, *out.grid)
     shift = lvc_shift(features)
     with torch.no_grad():
         expected = reference_forward(tiny_clip.visual, images, shift=shift)
-        got = encoder.project(lvc_stream(out, shift))
+        got = encoder.project(lvc_stream(out, shift.to(device))).cpu()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, out.tokens, atol=1e-3)   # the shift does change the tokens
 

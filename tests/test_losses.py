@@ -76,3 +76,23 @@ def test_lr_schedule_values(it, expected):
         opt.step()
         sched.step()
     assert math.isclose(opt.param_groups[0]["lr"], expected, rel_tol=1e-9)
+
+
+def test_optimizer_is_fused_where_supported_and_matches_plain_adamw(device):
+    cfg = load_config(None, ["optim.lr=1e-2", "optim.weight_decay=0.05", "optim.warmup_iters=0"])
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 7, generator=generator)
+    grads = [torch.randn(3, 7, generator=generator) for _ in range(5)]
+    fused_param, plain_param = (torch.nn.Parameter(start.clone().to(device)) for _ in range(2))
+    fused = build_optimizer(cfg, [fused_param])
+    o = cfg.optim
+    plain = torch.optim.AdamW([plain_param], lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
+                              foreach=False)
+    for grad in grads:
+        for param, optimizer in ((fused_param, fused), (plain_param, plain)):
+            param.grad = grad.to(device)
+            optimizer.step()
+    cpu_fused = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4)  # fused AdamW on CPUs
+    assert fused.defaults["fused"] == (device.type == "cuda" or cpu_fused)
+    torch.testing.assert_close(fused_param.detach(), plain_param.detach(), rtol=1e-5, atol=1e-6)  # moved ~5e-2
+    assert not torch.allclose(fused_param.detach().cpu(), start)

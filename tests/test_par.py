@@ -5,7 +5,12 @@ import pytest
 import torch
 from par_reference import StraightforwardPAR, realistic_image
 
+from excel.labels import par_native
 from excel.labels.par import PAR
+from excel.labels.par_native import load_kernels, native_affinity
+
+NATIVE = pytest.mark.skipif(load_kernels() is None, reason="no C compiler: the native PAR form is not built")
+FORMS = ["sparse", "gather", pytest.param("native", marks=NATIVE)]
 
 
 def _resize_align_corners(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -67,13 +72,14 @@ def _reference_par(image, masks, dilations, num_iter, temperature=0.3, position_
     return masks
 
 
+@pytest.mark.parametrize("form", ["sparse", "gather"])  # the float64 forms
 @pytest.mark.parametrize("image_size", [(9, 11), (6, 5)])
-def test_par_matches_pixel_loop_reference(image_size):
+def test_par_matches_pixel_loop_reference(image_size, form):
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, *image_size, generator=generator, dtype=torch.float64)
     masks = torch.rand(2, 2, 9, 11, generator=generator, dtype=torch.float64)
     dilations = (1, 2, 4, 8, 12, 24)  # 12 and 24 reach past the 9×11 maps
-    par = PAR(dilations=dilations, num_iter=3).to(torch.float64)
+    par = PAR(dilations=dilations, num_iter=3, form=form).to(torch.float64)
     out = par(image, masks)
     assert out.shape == masks.shape
     for b in range(2):
@@ -81,18 +87,21 @@ def test_par_matches_pixel_loop_reference(image_size):
         np.testing.assert_allclose(out[b].numpy(), expected, rtol=0, atol=1e-5)
 
 
-def test_par_float32_with_other_constants():
+@pytest.mark.parametrize("form", FORMS)
+def test_par_float32_with_other_constants(form):
     generator = torch.Generator().manual_seed(1)
     image = torch.rand(1, 3, 9, 11, generator=generator)
     masks = torch.rand(1, 3, 9, 11, generator=generator)
-    par = PAR(dilations=(1, 3), num_iter=2, color_temperature=0.5, position_temperature=0.5, position_weight=0.1)
+    par = PAR(dilations=(1, 3), num_iter=2, color_temperature=0.5, position_temperature=0.5, position_weight=0.1,
+              form=form)
     expected = _reference_par(image[0].double().numpy(), masks[0].double().numpy(), (1, 3), 2,
                               temperature=0.5, position_weight=0.1)
     np.testing.assert_allclose(par(image, masks)[0].numpy(), expected, atol=1e-5)
 
 
-def test_par_weights_sum_and_constant_maps():
-    par = PAR(num_iter=20)
+@pytest.mark.parametrize("form", FORMS)
+def test_par_weights_sum_and_constant_maps(form):
+    par = PAR(num_iter=20, form=form)
     image = torch.rand(2, 3, 16, 16)
     affinity = par.affinity(image)
     assert affinity.shape == (2, 48, 16, 16)
@@ -116,21 +125,26 @@ def test_par_rejects_bad_arguments():
         PAR()(torch.rand(2, 3, 8, 8), torch.rand(1, 2, 8, 8))
 
 
-@pytest.mark.parametrize("size", [(48, 64), (20, 17)])
-def test_par_matches_straightforward_version(size):
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("size, maps", [((48, 64), 3), ((20, 17), 3), ((33, 41), 6), ((16, 35), 1)])
+def test_par_matches_straightforward_version(size, maps, form, device):
+    """Every form against plain PAR: widths that are and are not multiples of 16, 1 to 6 maps."""
+    if form == "native" and device.type != "cpu":
+        pytest.skip("the native form is CPU-only")
     image = realistic_image(2, 40, 50)
     generator = torch.Generator().manual_seed(3)
-    masks = torch.rand(2, 3, *size, generator=generator)
-    fast, plain = PAR(num_iter=20), StraightforwardPAR(num_iter=20)
-    out, expected = fast(image, masks), plain(image, masks)
+    masks = torch.rand(2, maps, *size, generator=generator)
+    fast, plain = PAR(num_iter=20, form=form).to(device), StraightforwardPAR(num_iter=20)
+    out, expected = fast(image.to(device), masks.to(device)).cpu(), plain(image, masks)
     assert out.shape == masks.shape and out.dtype == masks.dtype
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
     # The batched sparse propagation and the loops sum in different orders: a near-tie may break either way,
     # so the winning class is compared where the reference's top-2 margin exceeds float32 rounding noise.
-    top2 = expected.topk(2, dim=1).values
-    decided = (top2[:, 0] - top2[:, 1]) > 1e-4
-    assert decided.float().mean() > 0.99
-    assert torch.equal(out.argmax(dim=1)[decided], expected.argmax(dim=1)[decided])
+    if maps > 1:                                # with one map there is no winner to compare
+        top2 = expected.topk(2, dim=1).values
+        decided = (top2[:, 0] - top2[:, 1]) > 1e-4
+        assert decided.float().mean() > 0.99
+        assert torch.equal(out.argmax(dim=1)[decided], expected.argmax(dim=1)[decided])
 
 
 def test_par_affinity_matches_straightforward_version():
@@ -167,3 +181,109 @@ def test_par_propagation_pattern_is_built_once_per_size():
 def test_par_rejects_repeated_dilations():
     with pytest.raises(ValueError, match="distinct"):
         PAR(dilations=(1, 2, 2))
+
+
+@NATIVE
+def test_native_affinity_matches_straightforward_version():
+    image = torch.nn.functional.interpolate(realistic_image(2, 40, 50, seed=1), size=(33, 41), mode="bilinear",
+                                            align_corners=True)
+    fast, plain = PAR(), StraightforwardPAR()
+    order = [fast.offsets.index(offset) for offset in plain.offsets]
+    padded = torch.nn.functional.pad(image, [fast.margin] * 4, mode="replicate").contiguous()
+    weights = native_affinity(padded, fast.margin, torch.tensor(fast.offsets), 0.3, 1e-8, fast.position_affinity)
+    assert weights.shape == (2, 33, 48, 41)  # B×H×M×W
+    torch.testing.assert_close(weights.permute(0, 2, 1, 3)[:, order], plain.affinity(image), rtol=0, atol=1e-6)
+
+
+def test_par_auto_form_per_device_and_dtype():
+    par = PAR()
+    expected_cpu = "native" if load_kernels() is not None else "sparse"
+    assert par.resolve_form(torch.device("cpu"), torch.float32) == expected_cpu
+    assert par.resolve_form(torch.device("cpu"), torch.float64) == "sparse"
+    assert par.resolve_form(torch.device("cuda"), torch.float32) == "gather"
+    assert PAR(form="sparse").resolve_form(torch.device("cpu"), torch.float32) == "sparse"
+    with pytest.raises(ValueError, match="form"):
+        PAR(form="csr")
+
+
+@pytest.fixture()
+def fresh_kernels(monkeypatch, tmp_path):
+    """load_kernels() with an empty cache folder, its memo cleared before and after."""
+    monkeypatch.setenv(par_native.CACHE_ENV, str(tmp_path))
+    load_kernels.cache_clear()
+    yield tmp_path
+    load_kernels.cache_clear()
+
+
+def test_par_without_native_kernels_falls_back_to_sparse(fresh_kernels, monkeypatch):
+    monkeypatch.setenv(par_native.SWITCH_ENV, "0")
+    assert load_kernels() is None
+    assert PAR().resolve_form(torch.device("cpu"), torch.float32) == "sparse"
+    image, masks = realistic_image(1, 12, 12), torch.rand(1, 2, 12, 12)
+    torch.testing.assert_close(PAR(num_iter=3)(image, masks), StraightforwardPAR(num_iter=3)(image, masks),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError, match="not available"):
+        PAR(form="native")(image, masks)
+    assert not any(fresh_kernels.iterdir())
+
+
+def test_failed_kernel_build_warns_and_leaves_nothing(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with pytest.warns(UserWarning, match="portable torch form"):
+        assert load_kernels() is None
+    assert not any(fresh_kernels.iterdir())
+
+
+@NATIVE
+def test_native_kernels_are_built_once_and_reused(fresh_kernels):
+    assert load_kernels() is not None
+    built = list(fresh_kernels.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    load_kernels.cache_clear()
+    assert load_kernels() is not None
+    assert list(fresh_kernels.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+@NATIVE
+def test_native_kernels_reject_other_dtypes():
+    with pytest.raises(ValueError, match="float32"):
+        native_affinity(torch.rand(1, 3, 10, 10, dtype=torch.float64), 1, torch.tensor([[0, 1]]), 0.3, 1e-8,
+                        torch.ones(1))
+
+
+@NATIVE
+@pytest.mark.parametrize("batch, threads", [(2, 2), (3, 2), (1, 2)])
+def test_native_par_with_threads_per_image_and_per_row(batch, threads):
+    """Images split among the threads (batch 2) and rows of each image split among them (batch 3, 1)."""
+    image = realistic_image(batch, 30, 37, seed=4)
+    masks = torch.rand(batch, 5, 30, 37, generator=torch.Generator().manual_seed(4))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = PAR(num_iter=7, form="native")(image, masks)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(out, StraightforwardPAR(num_iter=7)(image, masks), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_par_counts_skip_zero_padding_maps(form):
+    """Maps past an image's count are zero padding: they stay zero and the real maps are unchanged."""
+    image = realistic_image(3, 24, 40, seed=6)
+    masks = torch.rand(3, 4, 24, 40, generator=torch.Generator().manual_seed(6))
+    counts = torch.tensor([4, 2, 1])
+    masks[1, 2:] = 0
+    masks[2, 1:] = 0
+    par = PAR(num_iter=5, form=form)  # odd: the native result lies in its second buffer
+    out = par(image, masks, counts)
+    torch.testing.assert_close(out, StraightforwardPAR(num_iter=5)(image, masks), rtol=0, atol=1e-5)
+    assert not out[1, 2:].any() and not out[2, 1:].any()
+
+
+@NATIVE
+def test_native_par_rejects_counts_out_of_range():
+    image, masks = realistic_image(2, 8, 8), torch.rand(2, 3, 8, 8)
+    for counts in (torch.tensor([4, 1]), torch.tensor([-1, 1]), torch.tensor([1, 1, 1])):
+        with pytest.raises(ValueError, match="counts"):
+            PAR(num_iter=1, form="native")(image, masks, counts)

@@ -291,7 +291,7 @@ def test_pseudo_labels_match_per_image_reference(dynamic):
 class _NegatingRefiner(nn.Module):
     """Stand-in for PAR that makes every real score negative, so zero padding would win unless masked."""
 
-    def forward(self, image, masks):
+    def forward(self, image, masks, counts):
         self.output = -masks - 1
         return self.output
 
@@ -392,8 +392,9 @@ def test_labels_from_maps_ties_go_to_the_first_real_channel():
     assert labels_from_maps(maps, torch.tensor([[0, 4, 7]])).tolist() == [[[7, 7]]]
 
 
-def test_pseudo_labels_match_straightforward_pipeline_at_crop_size():
-    """A realistic batch at a 320-like scale: the whole fast pipeline against per-image loops and plain PAR."""
+def test_pseudo_labels_match_straightforward_pipeline_at_crop_size(device):
+    """A realistic batch at a 320-like scale: the whole fast pipeline (on the test device) against per-image
+    loops and plain PAR."""
     generator = torch.Generator().manual_seed(5)
     batch, classes, h, w = 2, 6, 8, 10
     cams = torch.nn.functional.interpolate(torch.rand(batch, classes, 3, 3, generator=generator), size=(h, w),
@@ -404,7 +405,8 @@ def test_pseudo_labels_match_straightforward_pipeline_at_crop_size():
     # and its min–max normalisation would then amplify float rounding into label changes.
     layer_aff = (8 * torch.rand(batch, 6, h * w, h * w, generator=generator)).softmax(dim=-1)
     par_image = realistic_image(batch, 64, 80, seed=2)
-    labels = pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79, PAR())
+    labels = pseudo_labels(*(t.to(device) for t in (cams, cls_labels, layer_aff, par_image)), (64, 80), 0.79,
+                           PAR().to(device)).cpu()
     expected, margins = _reference_pseudo_labels(cams, cls_labels, layer_aff, par_image, (64, 80), 0.79,
                                                  StraightforwardPAR(), None, with_margins=True)
     # The two paths sum in different orders (batched sparse PAR vs per-image loops), so near-ties may break

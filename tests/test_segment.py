@@ -49,9 +49,9 @@ def single_thread():
 class FakeSegmenter:
     """B×3×S×S → B×K×(S/16)×(S/16): a random 3×3 conv (not mirror-symmetric) pooled over 16×16 cells."""
 
-    def __init__(self, classes: int = 5):
+    def __init__(self, classes: int = 5, device: torch.device = torch.device("cpu")):
         generator = torch.Generator().manual_seed(0)
-        self.weight = torch.randn(classes, 3, 3, 3, generator=generator)
+        self.weight = torch.randn(classes, 3, 3, 3, generator=generator).to(device)
         self.batch_sizes: list[int] = []
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -80,11 +80,11 @@ def plain_multiscale(segment_fn, image, resize, scales, flip, flip_unit_scale=Fa
 
 @pytest.mark.parametrize("flip, flip_unit_scale, calls", [(True, False, [2, 1, 2, 2]), (True, True, [2, 2, 2, 2]),
                                                           (False, False, [1, 1, 1, 1])])
-def test_multiscale_matches_plain_computation(flip, flip_unit_scale, calls):
+def test_multiscale_matches_plain_computation(flip, flip_unit_scale, calls, device):
     image = torch.randn(1, 3, 37, 50, generator=torch.Generator().manual_seed(1))
-    segmenter = FakeSegmenter()
+    segmenter = FakeSegmenter(device=device)
     scales = (0.7, 1.0, 1.2, 1.5)
-    result = multiscale_logits(segmenter, image, 80, scales, flip, flip_unit_scale)
+    result = multiscale_logits(segmenter, image.to(device), 80, scales, flip, flip_unit_scale).cpu()
     assert segmenter.batch_sizes == calls
     assert result.shape == (5, 37, 50)
     torch.testing.assert_close(result, plain_multiscale(FakeSegmenter(), image, 80, scales, flip, flip_unit_scale),

@@ -1,10 +1,17 @@
 """Pixel-adaptive refinement (PAR, docs/method.md §5): propagate label maps along colour-similar neighbours.
 
-The neighbour weights do not change across the iterations, so they are computed once and stored as
-a sparse matrix: row p of the (B·H·W)×(B·Hp·Wp) propagation matrix holds pixel p's weights at the
-columns of its neighbours in the replicate-padded grid (Hp = H + 2·margin). One iteration is then a
-replicate padding (a row gather) and one sparse–dense product with all B·K maps as columns, instead
-of 48 full-tensor passes.
+The neighbour weights do not change across the iterations, so they are computed once; every
+iteration then replaces each pixel by the weighted sum of its M neighbours in the replicate-padded
+maps (Hp = H + 2·margin). Three forms compute the same thing, one per kind of device:
+
+* ``native`` (CPU, float32): C kernels (excel/labels/par_native.py) that build the weights and run each
+  iteration as one pass over memory, an image at a time so that its weights stay in cache;
+* ``sparse`` (CPU without a C compiler, or float64): the weights as a cached CSR matrix
+  (B·H·W)×(B·Hp·Wp), one sparse–dense product per iteration;
+* ``gather`` (GPU): the weights as a dense B×M×H×W tensor; an iteration gathers the M neighbours of
+  every pixel from the padded maps and sums them weighted, a few large kernels instead of 48 passes.
+
+``form="auto"`` picks native, then sparse, on a CPU and gather elsewhere.
 """
 from __future__ import annotations
 
@@ -17,9 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PAR"]
+from excel.labels.par_native import load_kernels, native_affinity, native_propagate
+
+__all__ = ["PAR", "FORMS"]
 
 _STD_EPS = 1e-8
+FORMS = ("auto", "native", "sparse", "gather")
 
 
 def _neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
@@ -75,6 +85,16 @@ def _propagation_pattern(batch: int, height: int, width: int, offsets: tuple[tup
     return row_pointers, columns
 
 
+@lru_cache(maxsize=4)
+def _gather_index(height: int, width: int, offsets: tuple[tuple[int, int], ...], margin: int,
+                  device: torch.device) -> torch.Tensor:
+    """M·H·W int64: for neighbour m of pixel (y, x), its position in the flattened Hp×Wp padded plane."""
+    padded_w = width + 2 * margin
+    corner = ((torch.arange(height)[:, None] + margin) * padded_w + torch.arange(width) + margin).flatten()
+    shifts = torch.tensor([dy * padded_w + dx for dy, dx in offsets])
+    return (shifts[:, None] + corner).flatten().to(device)
+
+
 class PAR(nn.Module):
     """Pixel-adaptive refinement of label maps guided by an image.
 
@@ -84,7 +104,8 @@ class PAR(nn.Module):
     −(d / (std_nb(d) + 1e−8) / position_temperature)², d the neighbour distance. Each of the
     ``num_iter`` iterations replaces the maps by the affinity-weighted sum of their
     neighbours. Neighbours outside the image take the nearest border value (replicate padding);
-    std is the unbiased standard deviation over the neighbours.
+    std is the unbiased standard deviation over the neighbours. ``form`` chooses the kernels
+    (see the module doc); every form gives the same result up to float rounding.
     """
 
     def __init__(
@@ -94,8 +115,11 @@ class PAR(nn.Module):
         color_temperature: float = 0.3,
         position_temperature: float = 0.3,
         position_weight: float = 0.01,
+        form: str = "auto",
     ) -> None:
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"PAR form must be one of {', '.join(FORMS)}, got {form!r}")
         if not dilations or any(int(d) != d or d < 1 for d in dilations) or len(set(dilations)) != len(dilations):
             raise ValueError(
                 f"PAR dilations must be distinct positive integers (config key par.dilations), got {list(dilations)}"
@@ -105,6 +129,7 @@ class PAR(nn.Module):
         self.offsets = tuple(_neighbour_offsets([int(d) for d in dilations]))
         self.margin = max(int(d) for d in dilations)
         self.num_iter = num_iter
+        self.form = form
         self.color_temperature = color_temperature
         distances = _neighbour_distances(self.offsets)
         position = -(distances / (distances.std() + _STD_EPS) / position_temperature) ** 2
@@ -154,22 +179,62 @@ class PAR(nn.Module):
             return torch.sparse_csr_tensor(row_pointers, columns, values, size=(batch * height * width, padded_size),
                                            check_invariants=False)
 
-    def forward(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def resolve_form(self, device: torch.device, dtype: torch.dtype) -> str:
+        """The form used for maps of ``dtype`` on ``device``: ``form`` unless "auto" (see the module doc)."""
+        if self.form != "auto":
+            return self.form
+        if device.type != "cpu":
+            return "gather"
+        return "native" if dtype == torch.float32 and load_kernels() is not None else "sparse"
+
+    def _propagate_sparse(self, weights: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """B×M×H×W weights (channels innermost in memory), B×K×H×W maps → B×K×H×W after num_iter rounds."""
+        batch, channels, height, width = masks.shape
+        operator = self.propagation_matrix(weights)
+        padding = _padded_grid_index(batch, height, width, self.margin, masks.device)
+        state = masks.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        for _ in range(self.num_iter):
+            state = operator @ state.index_select(0, padding)
+        return state.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+    def _propagate_gather(self, weights: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """B×M×H×W weights, B×K×H×W maps → B×K×H×W: per round one gather of B×K×M×H×W neighbours."""
+        batch, channels, height, width = masks.shape
+        index = _gather_index(height, width, self.offsets, self.margin, masks.device)
+        weights = weights.contiguous().view(batch, 1, len(self.offsets), height * width)
+        state = masks
+        for _ in range(self.num_iter):
+            padded = F.pad(state, [self.margin] * 4, mode="replicate").flatten(2)
+            neighbours = padded.index_select(2, index).view(batch, channels, len(self.offsets), height * width)
+            state = neighbours.mul_(weights).sum(dim=2).view(batch, channels, height, width)
+        return state
+
+    def forward(self, image: torch.Tensor, masks: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
         """image: B×C×Hi×Wi (resized to H×W, bilinear, align_corners=True); masks: B×K×H×W → B×K×H×W.
 
-        Computed in float32 at least; the result has the dtype of ``masks`` and channels innermost in memory.
+        counts: optional B ints, how many leading maps of each image are real; the later ones must be all
+        zero (padding, which stays zero), and the native form skips them.
+        Computed in float32 at least; the result has the dtype of ``masks``.
         """
         if image.dim() != 4 or masks.dim() != 4 or image.shape[0] != masks.shape[0]:
             raise ValueError(
                 f"PAR expects image B×C×Hi×Wi and masks B×K×H×W with the same B, "
                 f"got {tuple(image.shape)} and {tuple(masks.shape)}"
             )
-        batch, channels, height, width = masks.shape
+        height, width = masks.shape[-2:]
         dtype = torch.promote_types(masks.dtype, torch.float32)
         image = F.interpolate(image.to(dtype), size=(height, width), mode="bilinear", align_corners=True)
-        operator = self.propagation_matrix(self.affinity(image))
-        padding = _padded_grid_index(batch, height, width, self.margin, masks.device)
-        state = masks.to(dtype).permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-        for _ in range(self.num_iter):
-            state = operator @ state.index_select(0, padding)
-        return state.view(batch, height, width, channels).permute(0, 3, 1, 2).to(masks.dtype)
+        state = masks.to(dtype)
+        form = self.resolve_form(masks.device, dtype)
+        if form == "native":
+            offsets = torch.tensor(self.offsets, dtype=torch.int64)
+            pad = [self.margin] * 4
+            weights = native_affinity(F.pad(image, pad, mode="replicate").contiguous(), self.margin, offsets,
+                                      self.color_temperature, _STD_EPS, self.position_affinity)
+            out = native_propagate(weights, F.pad(state, pad, mode="replicate").contiguous(), self.margin, offsets,
+                                   self.num_iter, counts)
+        elif form == "sparse":
+            out = self._propagate_sparse(self.affinity(image), state)
+        else:
+            out = self._propagate_gather(self.affinity(image), state)
+        return out.to(masks.dtype)

@@ -299,6 +299,7 @@ def pseudo_labels(
     cams: B×C×h×w foreground CAMs in [0, 1]; cls_labels: B×C multi-hot image labels;
     layer_aff: B×K×hw×hw attention affinities; par_image: B×3×Hi×Wi image given to PAR;
     label_size: (H, W); decoder_aff: B×hw×hw decoder affinity (dynamic phase) or None.
+    ``par`` is called as par(image, maps, counts), counts the real (leading) maps of each image.
     Returns B×H×W int64 labels: 0 background, c + 1 for foreground class c.
 
     Only an image's positive classes take part. Their maps are padded to the largest positive
@@ -310,5 +311,5 @@ def pseudo_labels(
     maps = label_maps(cams, cls_labels, layer_aff, label_size, box_threshold, decoder_aff)
     if maps.keys.shape[1] == 1:
         return torch.zeros(cams.shape[0], *label_size, dtype=torch.long, device=cams.device)
-    refined = par(par_image.to(maps.maps.dtype), maps.maps)
+    refined = par(par_image.to(maps.maps.dtype), maps.maps, (maps.keys >= 0).sum(dim=1))
     return labels_from_maps(refined, maps.keys)
