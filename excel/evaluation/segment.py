@@ -30,7 +30,9 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import tarfile
+import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -253,8 +255,17 @@ def crf_executor(workers: int) -> Executor:
     """
     if workers <= 0:
         return _InlineExecutor()
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=init_helper_process, initargs=(os.getpid(),))
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_helper_process, initargs=(os.getpid(),))
+    if threading.current_thread() is threading.main_thread():
+        # Start every worker now with Ctrl-C ignored from birth: a worker still starting up when Ctrl-C
+        # arrives would otherwise die mid-import and leave the pool broken.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            executor.submit(int).result()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return executor
 
 
 # ----------------------------------------------------------------------------------------------
