@@ -17,7 +17,7 @@ if [ ! -x "$PYTHON" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "installing the project into $VENV (first run: a few minutes)"
-    (cd "$ROOT" && "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+    (cd "$ROOT" && "$PYTHON" -m pip install --quiet --disable-pip-version-check \
         "${PIN[@]}" -r requirements.txt)
     echo "$WANT" > "$STAMP"
 fi
