@@ -23,8 +23,8 @@ if __name__ == "__main__":
     executor = crf_executor(2)
     jobs = [executor.submit(time.sleep, 0.3) for _ in range(2)]
     [job.result() for job in jobs]
-    print(json.dumps([child.pid for child in multiprocessing.active_children()]), flush=True)
-    try:
+    try:                                                   # Ctrl-C may come as soon as the pids are out
+        print(json.dumps([child.pid for child in multiprocessing.active_children()]), flush=True)
         time.sleep(120)
     except KeyboardInterrupt:
         executor.shutdown()
