@@ -1,29 +1,20 @@
 """Smoke test of tools/benchmark.py on the tiny CLIP: every stage runs once and the report has its keys."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from excel.utils import benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
     config, checkpoint = tiny_clip_files
-    tool = _load_tool()
     threads = torch.get_num_threads()
     try:
-        report = tool.main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
+        report = benchmark.main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
                             "--out", str(tmp_path), f"clip.model_config={config}", f"clip.pretrained={checkpoint}",
                             "head.adapter_dim=32", "head.adapter_hidden=32", "head.decoder_heads=4",
                             "train.batch_size=2", "train.crop_size=64", "cam.input_size=64", "infer.resize=64",
@@ -55,6 +46,5 @@ def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
 
 
 def test_benchmark_rejects_bad_arguments(tmp_path):
-    tool = _load_tool()
     with pytest.raises(SystemExit):
-        tool.main(["--repeats", "0", "--out", str(tmp_path)])
+        benchmark.main(["--repeats", "0", "--out", str(tmp_path)])

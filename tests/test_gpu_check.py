@@ -1,23 +1,15 @@
 """tools/gpu_check.sh and tools/gpu_check.py on the CPU: the commands the script runs, and the timed synthetic
 training run with the benchmark rows joined into one table (tiny CLIP, a few iterations)."""
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from fixtures_clip import tiny_overrides
 
+from excel.utils import benchmark, gpu_check
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_gpu_check_script_runs_tests_benchmark_and_training(tmp_path):
@@ -39,9 +31,9 @@ def test_gpu_check_cpu_run_gives_one_table(tiny_clip_files, tmp_path):
                                                                        "infer.scales": "[1.0]", "par.iters": 2})
     threads = torch.get_num_threads()
     try:
-        _load_tool("benchmark").main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
+        benchmark.main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
                                       "--out", str(tmp_path / "benchmark"), *overrides])
-        rows = _load_tool("gpu_check").main(["--device", "cpu", "--iters", "4", "--lvc-start", "2", "--images", "4",
+        rows = gpu_check.main(["--device", "cpu", "--iters", "4", "--lvc-start", "2", "--images", "4",
                                              "--out", str(tmp_path / "check"), "--benchmark",
                                              str(tmp_path / "benchmark" / "benchmark_cpu.json"), *overrides])
     finally:
