@@ -206,7 +206,7 @@ def test_dataset_scene_rejects_bad_split_and_sizes():
 
 def test_checkpoint_is_small_and_loads_strictly():
     assert CHECKPOINT.is_file(), f"{CHECKPOINT} is missing; run tools/pretrain_tiny_clip.py"
-    assert CHECKPOINT.stat().st_size <= 10_000_000
+    assert CHECKPOINT.stat().st_size <= 15_000_000          # issue limit: 15 MB
     state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
     model = open_clip.create_model(register_model_config(CONFIG), pretrained=None)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
