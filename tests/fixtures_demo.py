@@ -15,7 +15,7 @@ class DemoRun:
     """Paths of a finished `tools/demo.py --quick` run."""
 
     root: Path          # the synthetic dataset (VOC layout)
-    work: Path          # work dir: checkpoints/, pseudo_labels_val/, segment_val/, demo_summary.json
+    work: Path          # work dir: checkpoints/, pseudo_labels_val_<row>/, segment_val/, demo_summary.json
     cache: Path         # TSE bank cache
     stdout: str
 
@@ -28,7 +28,7 @@ class DemoRun:
 def demo_run(tmp_path_factory) -> DemoRun:
     base = tmp_path_factory.mktemp("demo")
     run = DemoRun(base / "data", base / "work", base / "cache", "")
-    result = subprocess.run([sys.executable, "tools/demo.py", "--quick", "--root", str(run.root),
+    result = subprocess.run([sys.executable, "tools/demo.py", "--quick", "--threads", "1", "--root", str(run.root),
                              "--work-dir", str(run.work), f"tse.cache_dir={run.cache}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

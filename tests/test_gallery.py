@@ -154,7 +154,7 @@ def test_gallery_renders_in_a_headless_browser(lam_folder, tmp_path):
 
 
 def test_gallery_on_the_demo_outputs(demo_run, tmp_path):
-    for folder, kind in (("pseudo_labels_val", "pseudo label"), ("segment_val", "prediction (CRF)")):
+    for folder, kind in (("pseudo_labels_val_svc_tse", "pseudo label"), ("segment_val", "prediction (CRF)")):
         result = subprocess.run([sys.executable, "tools/gallery.py", str(demo_run.work / folder), "--out",
                                  str(tmp_path / folder)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
@@ -163,4 +163,4 @@ def test_gallery_on_the_demo_outputs(demo_run, tmp_path):
     raw = load_gallery(demo_run.work / "segment_val", labels="raw")
     assert raw.kind == "prediction" and len(raw.rows) == 4
     with pytest.raises(GalleryError, match="output folder with crf/"):
-        load_gallery(demo_run.work / "pseudo_labels_val", labels="crf")
+        load_gallery(demo_run.work / "pseudo_labels_val_svc_tse", labels="crf")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from published_reference import expected_pairs
 
 from excel.builders import build_crf
 from excel.data.transforms import normalize
@@ -136,14 +137,11 @@ def test_predict_tool_errors_are_one_line_and_write_nothing(demo_run, tmp_path):
 def test_published_layout_of_the_demo_head_predicts_the_same(predictor, demo_run, tmp_path):
     """The demo's head saved as the authors' training saves a model (their names, `module.` prefixes, CLIP
     weights included) loads through --config and predicts exactly what the original checkpoint does."""
-    from test_published_checkpoint import expected_pairs
-
     published = {key: parameter.detach().clone() for key, parameter in expected_pairs(predictor.model.head)}
     published["module.encoder.visual.proj"] = torch.zeros(3, 3)
     torch.save(published, tmp_path / "model_iter_6.pth")
-    overrides = [f"dataset.root={demo_run.root}", f"tse.cache_dir={demo_run.cache}"]
-    authors = Predictor.from_checkpoint(tmp_path / "model_iter_6.pth", ROOT / "configs" / "demo.yaml", overrides,
-                                        device="cpu")
+    # The demo run's own resolved config: the same settings the original checkpoint carries.
+    authors = Predictor.from_checkpoint(tmp_path / "model_iter_6.pth", demo_run.work / "config.yaml", [], device="cpu")
     image = read_image(val_images(demo_run)[0])
     ours = predictor.predict(image, crf=False)
     theirs = authors.predict(image, crf=False)

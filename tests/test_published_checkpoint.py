@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from published_reference import expected_pairs
 from torch import nn
 
 from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights
@@ -53,31 +54,6 @@ def published_state(num_classes: int = 20, blocks: int = BLOCKS, seed: int = 0) 
     return {f"module.{key}": torch.randn(shape, generator=gen) for key, shape in shapes.items()}
 
 
-def expected_pairs(head: ExCELHead, blocks: int = BLOCKS) -> list[tuple[str, torch.Tensor]]:
-    """(published key, our parameter) for every published head tensor, written from the modules."""
-    pairs = []
-    for i, mlp in enumerate(head.adapter.mlps):
-        prefix = f"module.decoder_fts_fuse.linears_modulelist.{i}."
-        pairs += [(prefix + "proj.weight", mlp[0].weight), (prefix + "proj.bias", mlp[0].bias),
-                  (prefix + "proj_2.weight", mlp[2].weight), (prefix + "proj_2.bias", mlp[2].bias)]
-    pairs += [("module.decoder_fts_fuse.linear_fuse.weight", head.adapter.fuse.weight),
-              ("module.decoder_fts_fuse.linear_fuse.bias", head.adapter.fuse.bias)]
-    for j, block in enumerate(head.decoder.transformer.resblocks):
-        prefix = f"module.decoder.transformer.resblocks.{j}."
-        pairs += [(prefix + "attn.in_proj_weight", block.attn.in_proj_weight),
-                  (prefix + "attn.in_proj_bias", block.attn.in_proj_bias),
-                  (prefix + "attn.out_proj.weight", block.attn.out_proj.weight),
-                  (prefix + "attn.out_proj.bias", block.attn.out_proj.bias),
-                  (prefix + "ln_1.weight", block.ln_1.weight), (prefix + "ln_1.bias", block.ln_1.bias),
-                  (prefix + "mlp.c_fc.weight", block.mlp.c_fc.weight), (prefix + "mlp.c_fc.bias", block.mlp.c_fc.bias),
-                  (prefix + "mlp.c_proj.weight", block.mlp.c_proj.weight),
-                  (prefix + "mlp.c_proj.bias", block.mlp.c_proj.bias),
-                  (prefix + "ln_2.weight", block.ln_2.weight), (prefix + "ln_2.bias", block.ln_2.bias)]
-    pairs += [("module.decoder.linear_pred.weight", head.decoder.classifier.weight),
-              ("module.decoder.linear_pred.bias", head.decoder.classifier.bias)]
-    return pairs
-
-
 def assert_loaded(model: HeadOnlyModel, state: dict[str, torch.Tensor]) -> None:
     pairs = expected_pairs(model.head)
     assert len(pairs) == len(model.head.state_dict())          # every parameter of ours has its source
@@ -104,7 +80,7 @@ def test_published_names_count_for_vit_b16_voc():
     from excel.engine.checkpoint import head_state_dict
 
     published = {}
-    for key, parameter in expected_pairs(ours, blocks=3):
+    for key, parameter in expected_pairs(ours):
         published[key] = torch.zeros(parameter.shape)
     converted = head_state_dict(published)
     assert len(published) == 88

@@ -1,9 +1,10 @@
-"""From one image to its pseudo label, in the three settings of docs/method.md.
+"""From one image to its pseudo label, in the settings of docs/method.md.
 
 * ``training_free`` (infer_lam without checkpoint, docs/method.md §5): static CAMs, attention affinity only.
 * ``validation`` (during training, docs/method.md §8): static CAMs, affinity weighted by the decoder's Â.
 * ``checkpoint`` (infer_lam with a trained model, docs/method.md §9): the image and its flip in one pass,
   dynamic (LVC) CAMs merged by an element-wise max, Â of the unflipped image.
+* ``checkpoint_static``: the same with the static CAMs of that pass (the LVC ablation of a trained model).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from excel.modeling.cam import min_max_normalize
 from excel.modeling.head import decoder_affinity
 from excel.modeling.model import ExCEL
 
-MODES = ("training_free", "validation", "checkpoint")
+MODES = ("training_free", "validation", "checkpoint", "checkpoint_static")
 FLIP_MERGE_EPS = 1e-5         # min–max normalisation of the flip-merged dynamic CAMs (§9)
 
 
@@ -36,9 +37,18 @@ def resize_input(image: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _flip_merged_cams(model: ExCEL, pair_output) -> torch.Tensor:
-    """Dynamic CAMs of [image, flip] → 1×C×h×w: max with the flipped-back flip, per-class min–max (docs/method.md §9)."""
-    cams = model.dynamic_cams(pair_output.dense, pair_output.features)
+def _flip_merged_cams(model: ExCEL, pair_output, dynamic: bool = True) -> torch.Tensor:
+    """CAMs of [image, flip] → 1×C×h×w: max with the flipped-back flip, per-class min–max (docs/method.md §9).
+
+    ``dynamic``: LVC's CAMs (the published checkpoint mode), else the static CAMs of the same pass.
+    """
+    dense = pair_output.dense
+    return flip_merge(model.dynamic_cams(dense, pair_output.features) if dynamic else model.static_cams(dense))
+
+
+def flip_merge(cams: torch.Tensor) -> torch.Tensor:
+    """CAMs of [image, flip] 2×C×h×w → 1×C×h×w: element-wise max with the flipped-back flip, then per-class
+    min–max with the published epsilon (docs/method.md §9)."""
     merged = torch.maximum(cams[:1], cams[1:].flip(-1))
     return min_max_normalize(merged, dim=(-2, -1), eps=FLIP_MERGE_EPS)
 
@@ -54,12 +64,16 @@ def predict_image(model: ExCEL, image: torch.Tensor, cls_label: torch.Tensor, la
     if mode == "training_free" and not with_decoder:
         dense, out = model.encoder(inputs), None                 # the head takes no part
     else:
-        out = model(torch.cat([inputs, inputs.flip(-1)]) if mode == "checkpoint" else inputs)
+        pair = mode.startswith("checkpoint")
+        out = model(torch.cat([inputs, inputs.flip(-1)]) if pair else inputs)
         dense = out.dense
     layer_aff = last_layers_affinity(dense.attn_maps[:, :1], affinity_layers)
     # Â of the image alone: its mean is over this image's similarities, not the [image, flip] pair's.
     decoder_aff = None if mode == "training_free" else decoder_affinity(out.features[:1], model.head.affinity_scale)
-    cams = _flip_merged_cams(model, out) if mode == "checkpoint" else model.static_cams(dense)[:1]
+    if mode.startswith("checkpoint"):
+        cams = _flip_merged_cams(model, out, dynamic=mode == "checkpoint")
+    else:
+        cams = model.static_cams(dense)[:1]
     label = pseudo_labels(cams, cls_label, layer_aff, inputs, label_size, box_threshold, par, decoder_aff)[0]
     decoder = None
     if with_decoder:
