@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -273,18 +273,24 @@ def _unknown_keys(cfg: Any, reference: Any, prefix: str = "") -> list[str]:
     return unknown
 
 
+def _sections(parse: Callable[[], Any], what: str) -> dict:
+    """The mapping of sections that ``parse()`` yields; a parse error or another type names ``what``."""
+    try:
+        data = OmegaConf.to_container(parse()) or {}
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"cannot parse {what}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must hold a mapping of sections")
+    return data
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read one YAML file (following `_base_`) into a plain dict, checking its keys."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path in seen:
         raise ConfigError(f"config file {path} includes itself through _base_")
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"cannot parse config file {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    data = _sections(lambda: OmegaConf.load(path), f"config file {path}")
     base = data.pop("_base_", None)
     if base is not None and (not isinstance(base, str) or not base.strip()):
         raise ConfigError(f"config file {path}: _base_={base!r} must name another YAML file "
@@ -304,12 +310,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 def load_config_text(text: str, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides."""
-    try:
-        data = OmegaConf.to_container(OmegaConf.create(text)) or {}
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"cannot parse the config in {source}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"the config in {source} must hold a mapping of sections")
+    data = _sections(lambda: OmegaConf.create(text), f"the config in {source}")
     for key in _unknown_keys(data, DEFAULTS):
         raise _key_error(key, source)
     return _finish(data, overrides)

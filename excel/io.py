@@ -21,37 +21,32 @@ class DatasetError(ValueError):
     """A dataset file exists but its content is unusable (corrupt, wrong values, wrong size)."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB; grayscale images are stacked to 3 channels."""
+def _decode(path: str | os.PathLike, kind: str, fix: str) -> Image.Image:
+    """The decoded PIL image at ``path``; a missing file or one PIL cannot decode is named with ``fix``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()
+            return image.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot decode image {path} ({error}); replace the file with a valid "
-                           "image") from error
+        raise DatasetError(f"cannot decode {kind} {path} ({error}); replace the file with {fix}") from error
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 RGB; grayscale images are stacked to 3 channels."""
+    image = _decode(path, "image", "a valid image")
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a class-index PNG (palette or grayscale) as an H×W uint8 array of indices."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {path}")
-    try:
-        with Image.open(path) as mask:
-            mask.load()
-            mode = mask.mode
-            array = np.asarray(mask)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DatasetError(f"cannot decode mask {path} ({error}); replace the file with a valid "
-                           "class-index PNG") from error
-    if mode not in ("P", "L"):
-        raise DatasetError(f"mask {path} has PIL mode {mode}; masks must be single-channel "
+    mask = _decode(path, "mask", "a valid class-index PNG")
+    if mask.mode not in ("P", "L"):
+        raise DatasetError(f"mask {path} has PIL mode {mask.mode}; masks must be single-channel "
                            "class-index PNGs (palette 'P' or grayscale 'L'), not colour images")
-    return np.ascontiguousarray(array, dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(mask), dtype=np.uint8)
 
 
 def read_output_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
