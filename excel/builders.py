@@ -130,8 +130,12 @@ def build_optimizer(cfg: DictConfig, params) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, **settings)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then polynomial decay over train.max_iters (docs/method.md §8)."""
+def build_lr_schedule(cfg: DictConfig) -> WarmupPoly:
+    """The lr factor per iteration: linear warm-up then polynomial decay over train.max_iters (docs/method.md §8)."""
     o = cfg.optim
-    schedule = WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimiser's scheduler with :func:`build_lr_schedule`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg))

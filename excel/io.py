@@ -162,10 +162,6 @@ def write_labels(path: str | os.PathLike, labels: dict[str, list[int]]) -> None:
     write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
-# ----------------------------------------------------------------------------------------------
-# Split lists and dataset layout
-
-
 def image_id_problem(image_id: str) -> str | None:
     """Why ``image_id`` cannot name files (None when it can).
 
@@ -228,8 +224,10 @@ def output_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
     folder = Path(folder)
     problem = image_id_problem(image_id)
     path = folder / f"{image_id}{suffix}"
-    if problem is None and path.resolve().is_relative_to(folder.resolve()) and path.resolve() != folder.resolve():
-        return path
+    if problem is None:
+        resolved, root = path.resolve(), folder.resolve()
+        if resolved.is_relative_to(root) and resolved != root:
+            return path
     raise DatasetError(f"image id {image_id!r} would write {path} outside the output folder {folder}"
                        f"{f' ({problem})' if problem else ''}; fix the split list")
 

@@ -21,10 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from excel.builders import build_crf, build_model
 from excel.config import as_list, load_config, load_config_text
-from excel.data.transforms import normalize
 from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights
 from excel.evaluation.crf import softmax, upsample_logits
-from excel.evaluation.segment import check_scales, multiscale_logits
+from excel.evaluation.segment import check_scales, image_logits
 from excel.io import read_image
 from excel.modeling.model import ExCEL
 from excel.utils.distributed import resolve_device
@@ -92,10 +91,7 @@ class Predictor:
         """(C+1)×H×W decoder logits of an H×W×3 uint8 RGB image (averaged over scales and flips)."""
         multiscale = len(self.scales) > 1 if multiscale is None else multiscale
         flip = bool(self.cfg.infer.flip) if flip is None else flip
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
-        return multiscale_logits(self.model.segment, normalize(pixels, self.cfg.dataset.normalize),
-                                 self.cfg.infer.resize, self.scales if multiscale else [1.0], flip,
-                                 bool(self.cfg.infer.flip_unit_scale))
+        return image_logits(self.model, image, self.cfg, self.scales if multiscale else [1.0], flip)
 
     def predict(self, image: np.ndarray | str | os.PathLike, multiscale: bool | None = None,
                 flip: bool | None = None, crf: bool | None = None) -> Prediction:

@@ -1,4 +1,4 @@
-"""Tests of excel.data (reading, datasets, collate) and excel.transforms."""
+"""Tests of excel.io, excel.data (layout, datasets, collate) and excel.data.transforms."""
 from __future__ import annotations
 
 import shutil

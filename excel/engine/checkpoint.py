@@ -130,7 +130,7 @@ def _check_head_state(head: Mapping[str, torch.Tensor], expected: Mapping[str, t
 def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
                       source: str | None = None,
                       classifier_key: str = "decoder.classifier.weight") -> dict[str, Any]:
-    """Load the trainable head of ``model`` (an :class:`excel.model.ExCEL`) from a checkpoint.
+    """Load the trainable head of ``model`` (an :class:`excel.modeling.model.ExCEL`) from a checkpoint.
 
     ``checkpoint`` is a file path or an already loaded dict (``source``: its file name, for
     error messages). Raises :class:`CheckpointError` naming the checkpoint when its class count

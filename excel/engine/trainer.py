@@ -14,10 +14,7 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -26,6 +23,7 @@ from tqdm import tqdm
 
 from excel.builders import (
     build_dataset,
+    build_lr_schedule,
     build_model,
     build_optimizer,
     build_par,
@@ -43,7 +41,6 @@ from excel.engine.checkpoint import (
     load_head_weights,
     save_checkpoint,
 )
-from excel.engine.schedule import WarmupPoly
 from excel.engine.step import TrainingError, training_step
 from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.io import DatasetError, check_outside, voc_palette
@@ -51,6 +48,7 @@ from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
+from excel.utils.visualize import heat_map, positive_class_cam
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +282,7 @@ def apply_hyperparameters(cfg: DictConfig, optimizer: torch.optim.Optimizer,
     """Put the configured optim.* and train.max_iters into a resumed optimiser and schedule
     (train.resume_allow_changes): the lr of the next step follows the new schedule."""
     o = cfg.optim
-    schedule = WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
+    schedule = build_lr_schedule(cfg)
     scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
     scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
     for group in optimizer.param_groups:
@@ -297,12 +295,9 @@ def visual_grid(step: dict, normalization: str) -> torch.Tensor:
     """3×H×4W image for TensorBoard from the first crop: image | CAM | pseudo label | prediction."""
     image = (denormalize(step["images"][0], normalization).clamp(0, 255) / 255).cpu()
     size = image.shape[-2:]
-    present = step["cls"][0] > 0
-    cams = step["cams"][0][present] if present.any() else step["cams"][0]
-    cam = F.interpolate(cams.amax(0)[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-    heat = cv2.applyColorMap((cam.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    heat = heat_map(positive_class_cam(step["cams"][0], step["cls"][0], size))
     palette = torch.from_numpy(voc_palette().reshape(-1, 3)[:256]).float() / 255
-    tiles = [image, torch.from_numpy(heat.copy()).permute(2, 0, 1).float() / 255,
+    tiles = [image, torch.from_numpy(heat).permute(2, 0, 1).float() / 255,
              palette[step["labels"][0].cpu()].permute(2, 0, 1), palette[step["logits"][0].argmax(0).cpu()].permute(2, 0, 1)]
     return torch.cat(tiles, dim=-1)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -28,7 +27,7 @@ from excel.io import (
 from excel.labels.predict import ImagePrediction, predict_image
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
-from excel.utils.visualize import cam_overlay
+from excel.utils.visualize import cam_overlay, positive_class_cam
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +133,5 @@ class LamOutputs:
 def _save_cam_overlay(sample: dict, pred: ImagePrediction, normalization: str, path: Path) -> None:
     """The image blended with the max over its positive classes' CAMs (upsampled to the image)."""
     image = denormalize(sample["image"], normalization).clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    present = sample["cls_label"] > 0
-    cams = pred.cams[present.to(pred.cams.device)] if present.any() else pred.cams
-    cam = F.interpolate(cams.amax(0)[None, None], size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-    overlay = cam_overlay(image, cam.clamp(0, 1).cpu().numpy())
-    write_image(path, overlay, jpeg_quality=90)
+    cam = positive_class_cam(pred.cams, sample["cls_label"], image.shape[:2])
+    write_image(path, cam_overlay(image, cam), jpeg_quality=90)

@@ -62,6 +62,7 @@ from excel.io import (
     write_image,
     write_mask,
 )
+from excel.modeling.model import ExCEL
 from excel.utils.distributed import (
     barrier,
     cleanup,
@@ -126,6 +127,15 @@ def multiscale_logits(segment_fn: SegmentFn, image: torch.Tensor, resize: int = 
         logits = (logits[0] + logits[1].flip(-1)) / 2 if with_flip else logits[0]
         total = logits if total is None else total + logits
     return total / len(scales)
+
+
+def image_logits(model: ExCEL, image: np.ndarray, cfg: DictConfig, scales: Sequence[float], flip: bool) -> torch.Tensor:
+    """(C+1)×H×W multi-scale logits of an H×W×3 uint8 RGB image on the model's device: normalised with
+    dataset.normalize, resized around infer.resize, with infer.flip_unit_scale (docs/method.md §10)."""
+    device = next(model.head.parameters()).device
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
+    return multiscale_logits(model.segment, normalize(pixels, cfg.dataset.normalize), cfg.infer.resize, scales,
+                             flip, bool(cfg.infer.flip_unit_scale))
 
 
 def reduce_logits(logits: torch.Tensor, stride: int) -> np.ndarray:
@@ -298,15 +308,7 @@ class SegmentationRun:
         self.model = build_model(cfg, device).eval()
         load_head_weights(self.model, checkpoint, source=checkpoint_name)
         self.scales = [float(s) for s in as_list(cfg.infer.scales)]
-        self.flip_unit_scale = bool(cfg.infer.flip_unit_scale)
         check_scales(cfg.infer.resize, self.scales, self.model.encoder.patch_size)
-
-    def predict(self, image: np.ndarray) -> torch.Tensor:
-        """(C+1)×H×W multi-scale logits of an H×W×3 uint8 image."""
-        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None]
-        normalised = normalize(pixels, self.cfg.dataset.normalize)
-        return multiscale_logits(self.model.segment, normalised, self.cfg.infer.resize, self.scales,
-                                 self.cfg.infer.flip, self.flip_unit_scale)
 
     def reuse(self, sample: dict[str, Any]) -> None:
         """Score an image whose outputs an earlier run wrote (``infer.skip_existing``) from its PNGs."""
@@ -323,7 +325,7 @@ class SegmentationRun:
     def start(self, sample: dict[str, Any], executor: Executor) -> _Pending:
         """Raw prediction of one sample (written and scored now) and its CRF job."""
         image = sample["image"]
-        logits = self.predict(image)
+        logits = image_logits(self.model, image, self.cfg, self.scales, bool(self.cfg.infer.flip))
         raw = logits.argmax(dim=0).to(torch.uint8)
         mask = sample["mask"].to(self.device) if self.scored else None
         if mask is not None:
@@ -397,7 +399,7 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
     """Segment every image of ``split`` with the head in ``checkpoint``; write outputs to ``out_dir``.
 
     Runs in one process or under torchrun (the split is sharded across ranks; scores are summed).
-    Returns ``{'raw': scores, 'crf': scores}`` (:func:`excel.metrics.scores` dicts; None when not
+    Returns ``{'raw': scores, 'crf': scores}`` (:func:`excel.evaluation.metrics.scores` dicts; None when not
     computed: test splits, or the CRF off).
     """
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg.work_dir, split, checkpoint)

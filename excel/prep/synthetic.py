@@ -16,14 +16,13 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from excel.io import atomic_write, write_labels, write_mask, write_split
+from excel.classes import IGNORE_INDEX
+from excel.io import write_image, write_labels, write_mask, write_split
 
 CLASS_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "star", "ring")
 BACKGROUND_KINDS: tuple[str, ...] = ("noise", "stripes", "gradient")
-IGNORE_INDEX = 255
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35), "orange": (245, 135, 20), "yellow": (240, 215, 35),
@@ -407,11 +406,6 @@ def dataset_scene(seed: int, split: str, index: int, min_size: int = 128, max_si
     return render_scene(rng, height, width, ignore_band=ignore_band)
 
 
-def write_jpeg(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
-    """Write an H×W×3 uint8 RGB image as JPEG (atomically)."""
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=quality))
-
-
 def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: int, seed: int = 0,
                             min_size: int = 128, max_size: int = 192,
                             ignore_band: int = 1) -> dict[str, list[str]]:
@@ -431,7 +425,7 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: in
     for split, index in tqdm(jobs, desc="synthetic scenes", dynamic_ncols=True):
         name = image_id(split, index)
         scene = dataset_scene(seed, split, index, min_size, max_size, ignore_band)
-        write_jpeg(root / "JPEGImages" / f"{name}.jpg", scene.image)
+        write_image(root / "JPEGImages" / f"{name}.jpg", scene.image)
         for folder in ("SegmentationClass", "SegmentationClassAug"):
             write_mask(root / folder / f"{name}.png", scene.mask)
         splits.setdefault(split, []).append(name)

@@ -1,6 +1,6 @@
 """Pretrain a tiny CLIP (configs/tiny_clip.json) on synthetic shape scenes, on a CPU.
 
-Images come from excel.synthetic, drawn on the fly; every image gets one random caption (all of its
+Images come from excel.prep.synthetic, drawn on the fly; every image gets one random caption (all of its
 objects, with or without colours, or a single object; sometimes a filler adjective, the background
 kind or a class attribute). Training runs in two stages:
 
@@ -28,7 +28,7 @@ kind or a class attribute). Training runs in two stages:
    segmentation pipeline does).
 
 Images are normalised with the ImageNet statistics (the pipeline's default, dataset.normalize=imagenet).
-The weights are stored as a plain float16 state dict (excel.clip_loader reads them back as float32);
+The weights are stored as a plain float16 state dict (excel.modeling.clip_loader reads them back as float32);
 then zero-shot accuracy and a patch-level localisation check on held-out scenes are printed as JSON.
 
 Example::

@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from excel.data.transforms import normalization_constants
 from excel.prep.synthetic import (
     BACKGROUND_KINDS,
     CLASS_NAMES,
@@ -18,8 +19,6 @@ from excel.prep.synthetic import (
     sample_caption,
 )
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 ZERO_SHOT_TEMPLATES = ("a clean origami {}.", "a photo of a {}.")
 PRESENCE_TEMPLATE = "a photo of a {}."
 BACKGROUND_TEMPLATE = "a photo of {}."
@@ -52,8 +51,7 @@ class Batch:
 def normalise(images: np.ndarray) -> torch.Tensor:
     """B×H×W×3 uint8 RGB → B×3×H×W float32 with the ImageNet statistics (0–255 scale)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = normalization_constants("imagenet")
     return (x - mean) / std
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from excel.io import as_label_map, voc_palette
 
@@ -30,9 +32,22 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     if cam.ndim != 2:
         raise ValueError(f"cam must be H×W, got shape {cam.shape}")
     _check_image(image, cam.shape)
+    return cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, heat_map(cam), alpha, 0.0)
+
+
+def heat_map(cam: np.ndarray) -> np.ndarray:
+    """H×W CAM in [0, 1] (clipped) → H×W×3 uint8 RGB jet colours."""
     heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0.0, 1.0) * 255), cv2.COLORMAP_JET)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(np.ascontiguousarray(image, dtype=np.uint8), 1.0 - alpha, heat, alpha, 0.0)
+    return cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+
+
+def positive_class_cam(cams: torch.Tensor, cls_label: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The max over the image's positive classes' CAMs (all classes when it has none), C×h×w with a C
+    multi-hot label → H×W float32 in [0, 1], upsampled bilinearly to ``size``."""
+    present = (cls_label > 0).to(cams.device)
+    chosen = cams[present] if present.any() else cams
+    cam = F.interpolate(chosen.amax(0)[None, None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return cam[0, 0].clamp(0, 1).cpu().numpy()
 
 
 LEGEND_ROW = 22          # pixels per legend entry
