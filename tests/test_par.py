@@ -287,3 +287,39 @@ def test_native_par_rejects_counts_out_of_range():
     for counts in (torch.tensor([4, 1]), torch.tensor([-1, 1]), torch.tensor([1, 1, 1])):
         with pytest.raises(ValueError, match="counts"):
             PAR(num_iter=1, form="native")(image, masks, counts)
+
+
+@NATIVE
+def test_native_par_reuses_its_weight_storage_without_touching_earlier_results():
+    """The weights buffer is kept across calls (grown for larger inputs); results never alias it."""
+    par = PAR(num_iter=4, form="native")
+    small_image, small_masks = realistic_image(1, 20, 24, seed=8), torch.rand(1, 3, 20, 24)
+    large_image, large_masks = realistic_image(2, 30, 36, seed=9), torch.rand(2, 3, 30, 36)
+    small = par(small_image, small_masks)
+    kept = small.clone()
+    storage = par._native_storage
+    assert storage.numel() == 1 * 20 * 24 * 48
+    large = par(large_image, large_masks)
+    assert par._native_storage.numel() == 2 * 30 * 36 * 48          # grown for the larger input
+    assert torch.equal(small, kept)                                 # the first result is untouched
+    again = par(small_image, small_masks)
+    assert par._native_storage.numel() == 2 * 30 * 36 * 48          # not shrunk: reused
+    assert torch.equal(again, kept)
+    torch.testing.assert_close(large, StraightforwardPAR(num_iter=4)(large_image, large_masks), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="storage"):
+        native_affinity(torch.rand(1, 3, 10, 10), 1, torch.tensor([[0, 1]]), 0.3, 1e-8, torch.ones(1),
+                        torch.empty(10))
+
+
+@NATIVE
+def test_native_par_leaves_the_callers_subnormal_numbers_alone():
+    """The kernels flush subnormal numbers to zero for speed, then restore the thread's floating-point state."""
+    tiny = torch.tensor([1e-39])                        # below FLT_MIN: a subnormal float32
+    assert (tiny * 1.5).item() > 0
+    image = realistic_image(2, 24, 24, seed=2)
+    masks = torch.zeros(2, 2, 24, 24)
+    masks[:, 0, :4, :4] = 1e-30                         # products with small weights fall below FLT_MIN
+    masks[:, 1] = 1.0
+    out = PAR(num_iter=3, form="native")(image, masks)
+    torch.testing.assert_close(out, StraightforwardPAR(num_iter=3)(image, masks), rtol=0, atol=1e-6)
+    assert (tiny * 1.5).item() > 0

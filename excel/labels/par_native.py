@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -123,16 +124,25 @@ def _kernels_for(*tensors: torch.Tensor) -> ctypes.CDLL:
 
 
 def native_affinity(padded_image: torch.Tensor, margin: int, offsets: torch.Tensor, temperature: float, eps: float,
-                    position: torch.Tensor) -> torch.Tensor:
+                    position: torch.Tensor, storage: torch.Tensor | None = None) -> torch.Tensor:
     """Neighbour weights from a replicate-padded float32 CPU image B×C×Hp×Wp → B×H×M×W (M = len(offsets)).
 
-    offsets: M×2 int64 (dy, dx); position: M float32 added after the softmax.
+    offsets: M×2 int64 (dy, dx); position: M float32 added after the softmax. storage: optional
+    contiguous float32 CPU tensor of at least B·H·M·W values that the weights are written into (the
+    result is then a view of it), so that repeated calls reuse memory the system has already mapped.
     """
     library = _kernels_for(padded_image)
     batch, channels, padded_h, padded_w = padded_image.shape
     height, width, count = padded_h - 2 * margin, padded_w - 2 * margin, offsets.shape[0]
     threads = torch.get_num_threads()
-    weights = torch.empty(batch, height, count, width)
+    shape = (batch, height, count, width)
+    if storage is None:
+        weights = torch.empty(shape)
+    else:
+        _kernels_for(storage)
+        if storage.numel() < math.prod(shape):
+            raise ValueError(f"storage holds {storage.numel()} values, the weights need {math.prod(shape)}")
+        weights = storage.view(-1)[:math.prod(shape)].view(shape)
     scratch = torch.empty(threads * (3 + channels) * width)
     dy, dx = offsets[:, 0].contiguous(), offsets[:, 1].contiguous()
     position = position.to(torch.float32).contiguous()
