@@ -178,13 +178,14 @@ def patch_grounding(tokens: torch.Tensor, prompts: torch.Tensor, shares: torch.T
 
 
 def training_losses(model: nn.Module, heads: TrainingHeads, batch: Batch, prompt_tokens: torch.Tensor,
-                    ground_layer: int | None = None) -> dict[str, torch.Tensor]:
+                    ground_layer: int | None = None, ground_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """The pretraining losses of a batch and their sum (``total``).
 
     contrastive: CLS embedding vs captions; cls_presence: the CLS embedding's similarity with each
     presence prompt predicts whether the image contains it; text_content: the caption embedding
-    predicts, linearly, which classes, colours and background it names; grounding (with `ground_layer`): the patch embeddings of that layer's output match the prompts of
-    what the patch shows.
+    predicts, linearly, which classes, colours and background it names; grounding (with `ground_layer`,
+    weighted by `ground_weight` in the total): the patch embeddings of that layer's output match the
+    prompts of what the patch shows.
     """
     cls_embedding, _, tapped = encode_image_tokens(model, batch.images, ground_layer)
     image = F.normalize(cls_embedding, dim=-1)
@@ -202,7 +203,7 @@ def training_losses(model: nn.Module, heads: TrainingHeads, batch: Batch, prompt
     if tapped is not None:
         losses["grounding"] = patch_grounding(F.normalize(tapped, dim=-1), prompts, batch.patch_shares,
                                               heads.grounding_scale)
-    losses["total"] = sum(losses.values())
+    losses["total"] = sum(value * (ground_weight if name == "grounding" else 1.0) for name, value in losses.items())
     return losses
 
 
@@ -265,7 +266,7 @@ def warm_up_text(model: nn.Module, heads: TrainingHeads, tokenizer, steps: int, 
 
 def train(model: nn.Module, tokenizer, steps: int, batch_size: int, image_size: int, seed: int,
           lr: float, weight_decay: float, warmup: int, text_steps: int = 150,
-          workers: int = 1, ground_layer: int | None = None) -> dict[str, float]:
+          workers: int = 1, ground_layer: int | None = None, ground_weight: float = 1.0) -> dict[str, float]:
     """Text warm-up, then joint training, in place; returns the mean losses of the last 20 steps."""
     heads = TrainingHeads(model.text_projection.shape[1])
     model.train()
@@ -278,7 +279,7 @@ def train(model: nn.Module, tokenizer, steps: int, batch_size: int, image_size: 
     recent: list[dict[str, float]] = []
     progress = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
     for step in progress:
-        losses = training_losses(model, heads, next(batches), prompt_tokens, ground_layer)
+        losses = training_losses(model, heads, next(batches), prompt_tokens, ground_layer, ground_weight)
         optimise(parameters, optimiser, losses["total"], learning_rate(step, steps, lr, warmup))
         recent = (recent + [{k: v.item() for k, v in losses.items()}])[-20:]
         if step % 10 == 0 or step == steps - 1:
@@ -425,6 +426,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ground-layer", type=int, default=7,
                         help="layer (1-based) whose patch tokens learn to match the prompts of what they show; "
                              "7 is the input of the 5 SVC layers of a 12-layer model; 0 turns it off")
+    parser.add_argument("--ground-weight", type=float, default=1.0,
+                        help="weight of the grounding loss in the sum of the losses")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=1, choices=(0, 1),
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     losses = train(model, tokenizer, args.steps, args.batch_size, args.image_size, args.seed,
                    args.lr, args.weight_decay, args.warmup, args.text_steps, args.workers,
-                   args.ground_layer or None)
+                   args.ground_layer or None, args.ground_weight)
     train_seconds = time.time() - started
     save_half_state_dict(model, args.out)
     results = {"train_seconds": round(train_seconds, 1), "final_losses": losses,
