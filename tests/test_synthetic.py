@@ -237,7 +237,7 @@ def test_checkpoint_classifies_held_out_shapes():
         text = F.normalize(model.encode_text(tokenizer([f"a photo of a {n}." for n in CLASS_NAMES])), dim=-1)
     predicted = (image @ text.T).argmax(1) + 1
     truth = torch.tensor([s.objects[0].class_index for s in scenes])
-    assert (predicted == truth).float().mean() >= 0.35         # chance is 0.2
+    assert (predicted == truth).float().mean() >= 0.80         # 0.93 for the committed asset; chance is 0.2
 
 
 def test_render_scene_colour_restriction():

@@ -16,7 +16,8 @@ kind or a class attribute). Training runs in two stages:
    * patch grounding at layer `--ground-layer` (default 7, the input of the five SVC layers of the
      12-layer tower): that layer's patch tokens, through ln_post and the projection, give a softmax
      over the same prompts whose target is the share of the patch's pixels showing each class or
-     the background (its kind). This is region–phrase supervision from the renderer's masks, as
+     the background (its kind), weighted by `--ground-weight` (default 4; see assets/README.md) in
+     the sum of the losses. This is region–phrase supervision from the renderer's masks, as
      grounded image–text pretraining uses; at this scale and budget, contrastive learning with
      caption-level signals alone (tried: log-mean-exp pooled patch presence on the final tokens)
      gives a tiny CLIP whose patch tokens do not localise. The last five layers see only the CLS
@@ -33,7 +34,7 @@ then zero-shot accuracy and a patch-level localisation check on held-out scenes 
 
 Example::
 
-    python tools/pretrain_tiny_clip.py --out assets/tiny_clip_synthetic.pt --steps 1200
+    python tools/pretrain_tiny_clip.py --out assets/tiny_clip_synthetic.pt
 """
 from __future__ import annotations
 
@@ -414,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "tiny_clip_synthetic.pt",
                         help="checkpoint file to write (float16 state dict)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model-config JSON")
-    parser.add_argument("--steps", type=int, default=1200, help="joint training steps")
+    parser.add_argument("--steps", type=int, default=3600, help="joint training steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=160,
                         help="training resolution; must equal vision_cfg.image_size of the config "
@@ -426,7 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ground-layer", type=int, default=7,
                         help="layer (1-based) whose patch tokens learn to match the prompts of what they show; "
                              "7 is the input of the 5 SVC layers of a 12-layer model; 0 turns it off")
-    parser.add_argument("--ground-weight", type=float, default=1.0,
+    parser.add_argument("--ground-weight", type=float, default=4.0,
                         help="weight of the grounding loss in the sum of the losses")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
