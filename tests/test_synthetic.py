@@ -333,3 +333,19 @@ def test_tapped_layer_tokens_match_a_forward_cut_at_that_layer():
         assert torch.allclose(tapped, visual.ln_post(x[:, 1:]) @ visual.proj, atol=1e-5)
         _, same, final = tiny_clip.encode_image_tokens(model, images, tap_layer=12)
         assert torch.allclose(same, patches, atol=1e-6) and torch.allclose(final, patches, atol=1e-6)
+
+
+def test_grounding_weight_scales_only_the_grounding_term_of_the_total():
+    torch.manual_seed(0)
+    model = open_clip.create_model(register_model_config(CONFIG), pretrained=None)
+    tokenizer = open_clip.get_tokenizer("tiny_clip")
+    heads = tiny_clip.TrainingHeads(model.text_projection.shape[1])
+    batch = tiny_clip_data.draw_batch(np.random.default_rng(0), 4, 96, tokenizer)
+    prompts = tokenizer(tiny_clip.presence_prompts())
+    with torch.no_grad():
+        plain = tiny_clip.training_losses(model, heads, batch, prompts, ground_layer=7)
+        weighted = tiny_clip.training_losses(model, heads, batch, prompts, ground_layer=7, ground_weight=4.0)
+    parts = ["contrastive", "cls_presence", "text_content"]
+    assert torch.allclose(plain["total"], sum(plain[k] for k in parts) + plain["grounding"], atol=1e-5)
+    assert torch.allclose(weighted["total"], sum(plain[k] for k in parts) + 4.0 * plain["grounding"], atol=1e-5)
+    assert plain["grounding"] > 0.1
