@@ -140,9 +140,10 @@ def native_affinity(padded_image: torch.Tensor, margin: int, offsets: torch.Tens
         weights = torch.empty(shape)
     else:
         _kernels_for(storage)
-        if storage.numel() < math.prod(shape):
-            raise ValueError(f"storage holds {storage.numel()} values, the weights need {math.prod(shape)}")
-        weights = storage.view(-1)[:math.prod(shape)].view(shape)
+        size = math.prod(shape)
+        if storage.numel() < size:
+            raise ValueError(f"storage holds {storage.numel()} values, the weights need {size}")
+        weights = storage.view(-1)[:size].view(shape)
     scratch = torch.empty(threads * (3 + channels) * width)
     dy, dx = offsets[:, 0].contiguous(), offsets[:, 1].contiguous()
     position = position.to(torch.float32).contiguous()
