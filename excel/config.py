@@ -113,6 +113,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_max_images": None,            # cap the validation split (null: all)
         "overwrite": False,                 # a new run may replace the checkpoints already in work_dir
         "resume_allow_changes": False,      # --resume may change optim.*, max_iters, batch_size, seed
+        "retain_freed_memory": True,        # glibc keeps freed memory for the next iteration (utils/allocator.py)
     },
     "optim": {
         "lr": 1.0e-3,
@@ -208,6 +209,7 @@ RULES: dict[str, Rule] = {
     "train.amp": _BOOL,
     "train.overwrite": _BOOL,
     "train.resume_allow_changes": _BOOL,
+    "train.retain_freed_memory": _BOOL,
     "train.crop_size": int_rule(16),
     "train.scale_range": list_rule("float", min_len=2, max_len=2, low=0.0, open_low=True),
     "train.max_class_ratio": float_rule(0.0, 1.0, open_low=True),

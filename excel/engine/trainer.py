@@ -47,6 +47,7 @@ from excel.io import DatasetError, check_outside, voc_palette
 from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
+from excel.utils.allocator import retain_freed_memory
 from excel.utils.logging import setup_logging
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -303,7 +304,13 @@ def visual_grid(step: dict, normalization: str) -> torch.Tensor:
 
 
 def train(cfg: DictConfig, resume: str | None = None) -> Trainer:
-    """Train with `cfg` (optionally resuming from a checkpoint); returns the finished trainer."""
+    """Train with `cfg` (optionally resuming from a checkpoint); returns the finished trainer.
+
+    With ``train.retain_freed_memory`` the process's C allocator keeps freed memory from here on
+    (excel/utils/allocator.py), so each iteration reuses the pages of the last.
+    """
+    if cfg.train.retain_freed_memory:
+        retain_freed_memory()
     try:
         trainer = Trainer(cfg, resume)
         trainer.run()

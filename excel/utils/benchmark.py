@@ -49,6 +49,7 @@ from excel.io import atomic_write
 from excel.labels.predict import predict_image, resize_input
 from excel.labels.refine import label_maps, labels_from_maps, last_layers_affinity
 from excel.modeling.model import ExCEL
+from excel.utils.allocator import retain_freed_memory
 from excel.utils.distributed import resolve_device
 
 RANDOM_WEIGHTS = ["clip.pretrained=null", "tse.enabled=false"]
@@ -319,6 +320,8 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
               out_dir: str | Path) -> dict[str, Any]:
     """Run every stage, write ``benchmark_<device>.json`` and ``.md`` to ``out_dir``; return the report."""
     torch.set_num_threads(threads)
+    if cfg.train.retain_freed_memory:          # as in training (excel/engine/trainer.py)
+        retain_freed_memory()
     device = resolve_device(cfg.device)
     load_before = os.getloadavg()
     torch.manual_seed(0)
