@@ -3,13 +3,21 @@ committed tiny CLIP."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from excel.config import load_config
 from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.io import DatasetError
 from excel.labels.predict import flip_merge
 from excel.prep import demo
-from excel.prep.synthetic import write_synthetic_dataset
+from excel.prep.synthetic import (
+    SCENE_VERSION,
+    STAMP_FILE,
+    read_scene_stamp,
+    scene_stamp,
+    write_synthetic_dataset,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The training-free rows of the committed asset (mIoU fractions), each with a margin that a float tie
@@ -58,3 +66,35 @@ def test_training_free_rows_on_the_committed_tiny_clip(tmp_path):
     assert miou["svc_tse"] >= baseline + ABOVE_BACKGROUND, (miou, baseline)
     assert miou["svc"] >= miou["clip"] + MIN_GAIN, miou
     assert miou["svc_tse"] >= miou["svc"] + MIN_GAIN, miou
+
+
+def test_demo_draws_an_empty_root_and_accepts_its_own_drawing(tmp_path):
+    root = tmp_path / "scenes"
+    root.mkdir()
+    demo.prepare_dataset(root, num_train=2, num_val=1)
+    assert read_scene_stamp(root) == scene_stamp(2, 1, seed=0)
+    before = sorted(p.stat().st_mtime_ns for p in root.rglob("*.png"))
+    demo.prepare_dataset(root, num_train=2, num_val=1)           # accepted as it is, nothing redrawn
+    assert sorted(p.stat().st_mtime_ns for p in root.rglob("*.png")) == before
+
+
+def test_demo_refuses_a_dataset_from_an_older_generator_or_other_sizes(tmp_path, capsys):
+    root = tmp_path / "scenes"
+    write_synthetic_dataset(root, num_train=2, num_val=1, seed=0)
+    with pytest.raises(DatasetError, match="num_train.*2.*delete that folder"):
+        demo.prepare_dataset(root, num_train=3, num_val=1)
+    stamp = root / STAMP_FILE
+    stamp.write_text(json.dumps({**scene_stamp(2, 1), "version": SCENE_VERSION - 1}))
+    with pytest.raises(DatasetError, match=f"was drawn with .*'version': {SCENE_VERSION - 1}"):
+        demo.prepare_dataset(root, num_train=2, num_val=1)
+    stamp.unlink()                                                # drawn before datasets were stamped
+    files = sorted(p.relative_to(root) for p in root.rglob("*"))
+    capsys.readouterr()                                           # the drawing's progress bar
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--root", str(root), "--work-dir", str(tmp_path / "work"), "--num-train", "2",
+                   "--num-val", "1"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no record of being drawn" in err and len(err.splitlines()) == 1
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == files
+    assert not (tmp_path / "work").exists()

@@ -1,11 +1,13 @@
 """The embedded demo: the paper's ablation, module by module, on synthetic shapes with the tiny CLIP in
 assets/ (tools/demo.py; the README's quick start).
 
-Steps: draw the dataset if it is missing → training-free pseudo labels on val with CLIP alone, with SVC,
-with SVC and TSE → training (static, then dynamic CAMs) → the trained checkpoint's pseudo labels on val
-with static and with dynamic (LVC) CAMs → multi-scale (+CRF) segmentation of val → the table of
-:data:`ROWS`, also written to <work_dir>/demo_summary.json (mIoU as fractions, wall time in minutes).
-``--quick`` runs a few iterations on a handful of images (a smoke test of every stage).
+Steps: draw the dataset if it is missing (refusing one drawn by an older generator or with other
+sizes) → training-free pseudo labels on val with CLIP alone, with SVC, with SVC and TSE → training
+(static, then dynamic CAMs) → the trained checkpoint's pseudo labels on val with static and with
+dynamic (LVC) CAMs → multi-scale (+CRF) segmentation of val → the table of :data:`ROWS`, also
+written to <work_dir>/demo_summary.json (mIoU as fractions, wall time in minutes).
+``--quick`` runs a few iterations on a handful of images (a smoke test of every stage), in folders of
+its own (data/synthetic_quick, work_dirs/demo_quick) unless --root / --work-dir say otherwise.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ from excel.engine.trainer import train
 from excel.evaluation.infer_lam import run_pseudo_labels
 from excel.evaluation.metrics import ConfusionMeter, scores
 from excel.evaluation.segment import run_segmentation
-from excel.io import write_json
+from excel.io import DatasetError, write_json
 from excel.labels.predict import predict_image
-from excel.prep.synthetic import write_synthetic_dataset
+from excel.prep.synthetic import read_scene_stamp, scene_stamp, write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/ and assets/
 
@@ -56,6 +58,22 @@ TRAINING_FREE: dict[str, list[str]] = {
     "svc": ["tse.enabled=false"],
     "svc_tse": [],
 }
+
+
+def prepare_dataset(root: Path, num_train: int, num_val: int) -> None:
+    """Draw the synthetic dataset into an empty or missing ``root``; accept one drawn with the same
+    generator version and sizes; refuse anything else (an older drawing, other sizes, other files)."""
+    wanted = scene_stamp(num_train, num_val, seed=0)
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        print(f"drawing the synthetic dataset into {root}")
+        write_synthetic_dataset(root, num_train, num_val, seed=0)
+        return
+    found = read_scene_stamp(root)
+    if found != wanted:
+        what = "has no record of being drawn by this generator" if found is None else \
+            f"was drawn with {found}, the demo needs {wanted}"
+        raise DatasetError(f"{root} {what}; delete that folder to have the demo draw it again, "
+                           f"or give another --root")
 
 
 def background_baseline(cfg: DictConfig) -> float:
@@ -102,9 +120,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, float]:
                  *(QUICK if args.quick else []), *args.overrides]
     cfg = load_config(args.config, overrides)
     started = time.time()
-    if not (Path(args.root) / "splits" / "train.txt").is_file():
-        print(f"drawing the synthetic dataset into {args.root}")
-        write_synthetic_dataset(args.root, args.num_train, args.num_val, seed=0)
+    prepare_dataset(Path(args.root), args.num_train, args.num_val)
     work = Path(args.work_dir)
     summary = {"background": background_baseline(cfg)}
     for key, switches in TRAINING_FREE.items():
@@ -126,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The command line of tools/demo.py."""
     parser = argparse.ArgumentParser(description="Run the ExCEL demo on synthetic shapes with the tiny CLIP.")
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
-    parser.add_argument("--root", default=str(ROOT / "data" / "synthetic"), help="synthetic dataset folder")
-    parser.add_argument("--work-dir", default=str(ROOT / "work_dirs" / "demo"))
+    parser.add_argument("--root", help="synthetic dataset folder (default: data/synthetic, with --quick "
+                                       "data/synthetic_quick)")
+    parser.add_argument("--work-dir", help="output folder (default: work_dirs/demo, with --quick work_dirs/demo_quick)")
     parser.add_argument("--num-train", type=int, default=600)
     parser.add_argument("--num-val", type=int, default=150)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
@@ -136,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few iterations on a few images (smoke test)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_intermixed_args(argv)
+    suffix = "_quick" if args.quick else ""
+    args.root = args.root or str(ROOT / "data" / f"synthetic{suffix}")
+    args.work_dir = args.work_dir or str(ROOT / "work_dirs" / f"demo{suffix}")
     if args.quick:
         args.num_train, args.num_val = min(args.num_train, 8), min(args.num_val, 4)
     try:

@@ -9,6 +9,7 @@ captions such as "a photo of a red disc and a blue star." are written.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from excel.classes import IGNORE_INDEX
-from excel.io import write_image, write_labels, write_mask, write_split
+from excel.io import write_image, write_json, write_labels, write_mask, write_split
 
 CLASS_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "star", "ring")
 BACKGROUND_KINDS: tuple[str, ...] = ("noise", "stripes", "gradient")
@@ -386,6 +387,9 @@ def caption_pairs(seed: int, size: int = 160, max_objects: int = 3) -> Iterator[
 # ----------------------------------------------------------------------------------------------
 
 SPLITS: tuple[str, ...] = ("train", "val")
+# Bumped whenever the drawing changes, so that a dataset drawn by an older generator is recognised.
+SCENE_VERSION = 1
+STAMP_FILE = "splits/scenes.json"
 
 
 def image_id(split: str, index: int) -> str:
@@ -413,7 +417,8 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: in
 
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png and SegmentationClassAug/<id>.png
     (identical palette PNGs of class indices), ImageSets/Segmentation/<split>.txt, and
-    splits/<split>.txt with splits/labels.json ({id: sorted class indices 1..5 present}).
+    splits/<split>.txt with splits/labels.json ({id: sorted class indices 1..5 present}); last,
+    splits/scenes.json with :func:`scene_stamp` of the arguments.
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train={num_train} and num_val={num_val} must both be at least 1")
@@ -434,4 +439,21 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: in
         write_split(root / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
         write_split(root / "splits" / f"{split}.txt", ids)
     write_labels(root / "splits" / "labels.json", labels)
+    write_json(root / STAMP_FILE, scene_stamp(num_train, num_val, seed, min_size, max_size, ignore_band))
     return splits
+
+
+def scene_stamp(num_train: int, num_val: int, seed: int = 0, min_size: int = 128, max_size: int = 192,
+                ignore_band: int = 1) -> dict[str, int]:
+    """What decides a drawn dataset's content: the generator's version and the drawing arguments."""
+    return {"version": SCENE_VERSION, "num_train": num_train, "num_val": num_val, "seed": seed,
+            "min_size": min_size, "max_size": max_size, "ignore_band": ignore_band}
+
+
+def read_scene_stamp(root: str | os.PathLike) -> dict | None:
+    """The stamp a dataset under `root` was drawn with; None when it has none (or an unreadable one)."""
+    try:
+        stamp = json.loads((Path(root) / STAMP_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
