@@ -26,7 +26,7 @@ def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
     assert saved["stages"].keys() == report["stages"].keys() == {
         "frozen_forward", "head_forward", "static_cam", "dynamic_cam", "affinity_refinement", "par", "losses",
         "backward_step", "static_iteration", "dynamic_iteration", "frozen_forward_image", "training_free_label",
-        "multiscale_inference", "multiscale_forwards"}
+        "multiscale_inference", "multiscale_forwards", "static_iteration_forward", "dynamic_iteration_forward"}
     for name, row in saved["stages"].items():
         assert set(row) == {"description", "reference", "median_s", "min_s", "ratio", "times_s", "peak_memory_mib"}
         assert len(row["times_s"]) == 1 and row["median_s"] > 0 and row["peak_memory_mib"] > 0
@@ -34,9 +34,13 @@ def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
     assert saved["stages"]["frozen_forward"]["ratio"] == pytest.approx(1.0)
     assert saved["stages"]["training_free_label"]["reference"] == "frozen_forward_image"
     assert saved["stages"]["multiscale_inference"]["reference"] == "multiscale_forwards"
-    # the forwards are timed inside the multi-scale calls, so they take part of their time
-    forwards, multiscale = (saved["stages"][name]["times_s"][0] for name in ("multiscale_forwards", "multiscale_inference"))
-    assert 0 < forwards < multiscale
+    # the forwards are timed inside the multi-scale calls and the iterations, so they take part of their time
+    for outer, inner, inner_reference in [("multiscale_inference", "multiscale_forwards", "frozen_forward_image"),
+                                          ("static_iteration", "static_iteration_forward", "frozen_forward"),
+                                          ("dynamic_iteration", "dynamic_iteration_forward", "frozen_forward")]:
+        assert saved["stages"][outer]["reference"] == inner
+        assert saved["stages"][inner]["reference"] == inner_reference
+        assert 0 < saved["stages"][inner]["times_s"][0] < saved["stages"][outer]["times_s"][0]
     assert saved["targets"].keys() == {"static_iteration", "dynamic_iteration", "training_free_label", "par",
                                        "multiscale_inference"}
     assert all(t["met"] == (t["ratio"] <= t["limit"]) for t in saved["targets"].values())
