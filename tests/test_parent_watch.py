@@ -15,9 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GONE_WITHIN_S = 5.0
 
 CRF_PARENT = """
-import json, multiprocessing, time
+import json, multiprocessing, signal, time
 
 if __name__ == "__main__":
+    # Ctrl-C as in an interactive shell: a test run started as a background job (`cmd &` in a script)
+    # hands its children SIGINT already ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from excel.evaluation.segment import crf_executor     # here: the spawned workers re-run this file
 
     executor = crf_executor(2)
