@@ -92,7 +92,7 @@ def test_demo_refuses_a_dataset_from_an_older_generator_or_other_sizes(tmp_path,
     capsys.readouterr()                                           # the drawing's progress bar
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--root", str(root), "--work-dir", str(tmp_path / "work"), "--num-train", "2",
-                   "--num-val", "1"])
+                   "--num-val", "1", "--threads", "1"])            # the test session's one thread
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "no record of being drawn" in err and len(err.splitlines()) == 1
