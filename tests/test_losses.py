@@ -3,10 +3,17 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from excel.builders import build_optimizer, build_scheduler
 from excel.config import load_config
-from excel.engine.losses import aff_loss, affinity_targets, radius_mask, seg_loss
+from excel.engine.losses import (
+    aff_loss,
+    affinity_targets,
+    radius_mask,
+    seg_loss,
+    upsample_bilinear,
+)
 
 
 def test_seg_loss_balances_background_and_foreground():
@@ -96,3 +103,37 @@ def test_optimizer_is_fused_where_supported_and_matches_plain_adamw(device):
     assert fused.defaults["fused"] == (device.type == "cuda" or cpu_fused)
     torch.testing.assert_close(fused_param.detach(), plain_param.detach(), rtol=1e-5, atol=1e-6)  # moved ~5e-2
     assert not torch.allclose(fused_param.detach().cpu(), start)
+
+
+def _bilinear_by_hand(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Half-pixel-centred bilinear resize of an h×w map, one output pixel at a time."""
+    h, w = x.shape
+    out = torch.empty(size, dtype=x.dtype)
+
+    def taps(i: int, n_in: int, n_out: int) -> tuple[int, int, float]:
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = int(math.floor(src))
+        return i0, min(i0 + 1, n_in - 1), src - i0
+
+    for y in range(size[0]):
+        y0, y1, ly = taps(y, h, size[0])
+        for x_ in range(size[1]):
+            x0, x1, lx = taps(x_, w, size[1])
+            out[y, x_] = ((1 - ly) * ((1 - lx) * x[y0, x0] + lx * x[y0, x1])
+                          + ly * ((1 - lx) * x[y1, x0] + lx * x[y1, x1]))
+    return out
+
+
+@pytest.mark.parametrize("size_in, size_out", [((3, 4), (7, 10)), ((5, 5), (5, 5)), ((6, 4), (3, 9))])
+def test_upsample_bilinear_matches_the_formula_and_interpolate(size_in, size_out):
+    torch.manual_seed(0)
+    maps = torch.randn(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    got = upsample_bilinear(maps, size_out)
+    assert got.shape == (2, 3, *size_out)
+    torch.testing.assert_close(got[1, 2], _bilinear_by_hand(maps[1, 2].detach(), size_out))
+    expected = F.interpolate(maps, size=size_out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(expected)
+    grad_got, = torch.autograd.grad((got * weights).sum(), maps)
+    grad_expected, = torch.autograd.grad((expected * weights).sum(), maps)
+    torch.testing.assert_close(grad_got, grad_expected)

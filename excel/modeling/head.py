@@ -24,10 +24,26 @@ class LayerAdapter(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, layer_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """layer_tokens L×B×hw×D_v → B×dim×h×w."""
-        h, w = grid
-        maps = [mlp(tokens).transpose(1, 2).unflatten(2, (h, w)) for mlp, tokens in zip(self.mlps, layer_tokens)]
-        return self.dropout(self.fuse(torch.cat(maps, dim=1)))
+        """layer_tokens L×B×(1+hw)×D_v, CLS first → B×dim×h×w (a view of B×hw×dim tokens).
+
+        The CLS row goes through the MLPs too and is dropped after the fuse: one extra row per image
+        costs less than copying every layer's patch rows out of the records.
+        """
+        maps = torch.cat([mlp(tokens) for mlp, tokens in zip(self.mlps, layer_tokens)], dim=-1)
+        return self.dropout(token_map(pointwise_conv(self.fuse, maps)[:, 1:], grid))
+
+
+def pointwise_conv(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1×1 conv applied to B×hw×C_in tokens as one matrix product: B×hw×C_out.
+
+    The same arithmetic as the conv on B×C_in×h×w maps, without its im2col buffers and layout copies.
+    """
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
+def token_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """B×hw×C tokens → the B×C×h×w map they form (a view, no copy)."""
+    return tokens.transpose(1, 2).unflatten(2, grid)
 
 
 class SegDecoder(nn.Module):
@@ -40,9 +56,8 @@ class SegDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """B×dim×h×w → logits B×num_classes×h×w."""
-        h, w = features.shape[-2:]
         tokens = self.transformer(features.flatten(2).transpose(1, 2))
-        return self.classifier(tokens.transpose(1, 2).unflatten(2, (h, w)))
+        return token_map(pointwise_conv(self.classifier, tokens), features.shape[-2:])
 
 
 def decoder_affinity(features: torch.Tensor, scale: float = 3.0) -> torch.Tensor:
@@ -68,6 +83,6 @@ class ExCELHead(nn.Module):
 
     def forward(self, layer_outputs: torch.Tensor, grid: tuple[int, int]):
         """layer_outputs L×B×N×D_v (CLS first) → (F B×dim×h×w, logits B×(C+1)×h×w, Â B×hw×hw)."""
-        features = self.adapter(layer_outputs[:, :, 1:], grid)
+        features = self.adapter(layer_outputs, grid)
         logits = self.decoder(features)
         return features, logits, decoder_affinity(features, self.affinity_scale)
