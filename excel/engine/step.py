@@ -13,6 +13,7 @@ from excel.engine.losses import aff_loss, affinity_targets, seg_loss, upsample_b
 from excel.labels.par import PAR
 from excel.labels.refine import last_layers_affinity, pseudo_labels
 from excel.modeling.model import ExCEL
+from excel.utils.argmax import argmax
 
 
 class TrainingError(RuntimeError):
@@ -34,7 +35,7 @@ def training_losses(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.
     logits_up = upsample_bilinear(logits.float(), labels.shape[-2:])
     loss_seg = seg_loss(logits_up, labels)
     switch = cfg.train.aff_switch_iter
-    aff_labels = logits_up.detach().argmax(dim=1) if switch is not None and it >= switch else labels
+    aff_labels = argmax(logits_up.detach(), dim=1) if switch is not None and it >= switch else labels
     positives, negatives = affinity_targets(aff_labels, grid, cfg.train.aff_radius)
     loss_aff = aff_loss(affinity.float(), positives, negatives)
     return {"loss": loss_seg + cfg.train.aff_weight * loss_aff, "seg": loss_seg, "aff": loss_aff, "logits": logits_up}

@@ -48,6 +48,7 @@ from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
+from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -298,8 +299,9 @@ def visual_grid(step: dict, normalization: str) -> torch.Tensor:
     size = image.shape[-2:]
     heat = heat_map(positive_class_cam(step["cams"][0], step["cls"][0], size))
     palette = torch.from_numpy(voc_palette().reshape(-1, 3)[:256]).float() / 255
+    prediction = argmax(step["logits"][0], dim=0).cpu()
     tiles = [image, torch.from_numpy(heat).permute(2, 0, 1).float() / 255,
-             palette[step["labels"][0].cpu()].permute(2, 0, 1), palette[step["logits"][0].argmax(0).cpu()].permute(2, 0, 1)]
+             palette[step["labels"][0].cpu()].permute(2, 0, 1), palette[prediction].permute(2, 0, 1)]
     return torch.cat(tiles, dim=-1)
 
 

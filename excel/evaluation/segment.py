@@ -63,6 +63,7 @@ from excel.io import (
     write_mask,
 )
 from excel.modeling.model import ExCEL
+from excel.utils.argmax import argmax
 from excel.utils.distributed import (
     barrier,
     cleanup,
@@ -326,7 +327,7 @@ class SegmentationRun:
         """Raw prediction of one sample (written and scored now) and its CRF job."""
         image = sample["image"]
         logits = image_logits(self.model, image, self.cfg, self.scales, bool(self.cfg.infer.flip))
-        raw = logits.argmax(dim=0).to(torch.uint8)
+        raw = argmax(logits, dim=0).to(torch.uint8)
         mask = sample["mask"].to(self.device) if self.scored else None
         if mask is not None:
             self.raw_meter.update(raw, mask)

@@ -18,6 +18,7 @@ from excel.labels.refine import last_layers_affinity, pseudo_labels
 from excel.modeling.cam import min_max_normalize
 from excel.modeling.head import decoder_affinity
 from excel.modeling.model import ExCEL
+from excel.utils.argmax import argmax
 
 MODES = ("training_free", "validation", "checkpoint", "checkpoint_static")
 FLIP_MERGE_EPS = 1e-5         # min–max normalisation of the flip-merged dynamic CAMs (§9)
@@ -78,5 +79,5 @@ def predict_image(model: ExCEL, image: torch.Tensor, cls_label: torch.Tensor, la
     decoder = None
     if with_decoder:
         logits = F.interpolate(out.logits[:1], size=label_size, mode="bilinear", align_corners=False)
-        decoder = logits.argmax(dim=1)[0]
+        decoder = argmax(logits, dim=1)[0]
     return ImagePrediction(label=label, cams=cams[0], decoder=decoder)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from excel.modeling.cam import min_max_normalize
+from excel.utils.argmax import argmax
 
 __all__ = [
     "last_layers_affinity",
@@ -279,7 +280,7 @@ def label_maps(
 
 def labels_from_maps(maps: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Argmax over the real channels (ties go to the first): maps B×(1+P)×H×W, keys B×(1+P) → B×H×W int64."""
-    winner = maps.masked_fill((keys < 0)[..., None, None], float("-inf")).argmax(dim=1)
+    winner = argmax(maps.masked_fill((keys < 0)[..., None, None], float("-inf")), dim=1)
     return keys.gather(1, winner.flatten(1)).view(winner.shape)
 
 
