@@ -22,29 +22,6 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGN
     return 0.5 * (bg_loss + fg_loss)
 
 
-@lru_cache(maxsize=16)
-def interpolation_matrix(size_in: int, size_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """size_out×size_in weights of 1-D linear interpolation (align_corners=False), built once per size pair.
-
-    Row i holds the two weights that ``F.interpolate(..., mode="linear", align_corners=False)`` gives
-    output i; obtained by interpolating the identity, so the two can never disagree.
-    """
-    eye = torch.eye(size_in, device=device, dtype=dtype)[None]
-    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """B×C×h×w → B×C×H×W, the same values as ``F.interpolate(maps, size, mode="bilinear", align_corners=False)``.
-
-    Bilinear interpolation is separable, so it is two small matrix products R_y·X·R_xᵀ; their backward
-    is two more, where the interpolation kernel's backward scatters into the input one pixel at a time
-    (on a CPU the slowest part of the losses).
-    """
-    rows = interpolation_matrix(maps.shape[-2], size[0], maps.device, maps.dtype)
-    cols = interpolation_matrix(maps.shape[-1], size[1], maps.device, maps.dtype)
-    return rows @ maps @ cols.T
-
-
 @lru_cache(maxsize=8)
 def radius_mask(h: int, w: int, radius: int, device: torch.device) -> torch.Tensor:
     """hw×hw bool: True where two grid positions are within `radius` (Chebyshev distance). Built once per grid."""

@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from excel.data.transforms import denormalize
-from excel.engine.losses import aff_loss, affinity_targets, seg_loss, upsample_bilinear
+from excel.engine.losses import aff_loss, affinity_targets, seg_loss
 from excel.labels.par import PAR
-from excel.labels.refine import last_layers_affinity, pseudo_labels
+from excel.labels.refine import last_layers_affinity, pseudo_labels, resize_bilinear
 from excel.modeling.model import ExCEL
 from excel.utils.argmax import argmax
 
@@ -32,7 +32,7 @@ def training_losses(logits: torch.Tensor, affinity: torch.Tensor, labels: torch.
     logits: B×(C+1)×h×w decoder logits; affinity: B×hw×hw decoder affinity Â; labels: B×H×W pseudo labels.
     Returns loss, seg, aff and the logits upsampled to H×W (``logits``).
     """
-    logits_up = upsample_bilinear(logits.float(), labels.shape[-2:])
+    logits_up = resize_bilinear(logits.float(), labels.shape[-2:])
     loss_seg = seg_loss(logits_up, labels)
     switch = cfg.train.aff_switch_iter
     aff_labels = argmax(logits_up.detach(), dim=1) if switch is not None and it >= switch else labels
