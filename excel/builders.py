@@ -1,4 +1,4 @@
-"""Every config → object step in one place: CLIP, text matrix, model, PAR, datasets, CRF, optimiser.
+"""The config → object steps that training and evaluation share: CLIP, text matrix, model, PAR, datasets.
 
 The math modules never see the config; they take tensors and plain arguments. This module reads the
 config keys (see excel/config.py) and builds the objects the pipeline runs.
@@ -14,8 +14,6 @@ from torch import nn
 from excel.config import ConfigError, as_list
 from excel.data.dataset import SampleTransform, SegmentationDataset
 from excel.data.transforms import TrainAugment
-from excel.engine.schedule import WarmupPoly
-from excel.evaluation.crf import DenseCRF
 from excel.labels.par import PAR
 from excel.modeling.backbone import DenseCLIPEncoder
 from excel.modeling.clip_loader import clip_tokenizer, load_clip, register_model_config
@@ -108,34 +106,3 @@ def build_train_augment(cfg: DictConfig) -> TrainAugment:
     """Random rescale, flip and crop of train.* (docs/method.md §8)."""
     return TrainAugment(cfg.train.crop_size, tuple(as_list(cfg.train.scale_range)),
                         max_class_ratio=cfg.train.max_class_ratio, normalization=cfg.dataset.normalize)
-
-
-def build_crf(cfg: DictConfig) -> DenseCRF | None:
-    """DenseCRF with crf.* parameters, or None when crf.enabled is false (docs/method.md §10)."""
-    c = cfg.crf
-    if not c.enabled:
-        return None
-    return DenseCRF(c.iters, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb, c.bilateral_compat)
-
-
-def build_optimizer(cfg: DictConfig, params) -> torch.optim.AdamW:
-    """AdamW over ``params`` with optim.* (docs/method.md §8): the fused kernel (one pass over all the
-    parameters) where torch has one for their device, the default kernels otherwise."""
-    o = cfg.optim
-    params = list(params)
-    settings = dict(lr=o.lr, weight_decay=o.weight_decay, betas=tuple(as_list(o.betas)), eps=o.eps)
-    try:
-        return torch.optim.AdamW(params, fused=True, **settings)
-    except (RuntimeError, ValueError):  # no fused AdamW for this device (or this torch version)
-        return torch.optim.AdamW(params, **settings)
-
-
-def build_lr_schedule(cfg: DictConfig) -> WarmupPoly:
-    """The lr factor per iteration: linear warm-up then polynomial decay over train.max_iters (docs/method.md §8)."""
-    o = cfg.optim
-    return WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
-
-
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """The optimiser's scheduler with :func:`build_lr_schedule`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg))

@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig
 
 from excel.config import ConfigError, load_config
-from excel.engine.checkpoint import CheckpointError
 from excel.io import DatasetError
+from excel.modeling.checkpoint import CheckpointError
 from excel.modeling.clip_loader import CLIPLoadError
-from excel.modeling.descriptions import DescriptionError
+from excel.modeling.description_file import DescriptionError
 from excel.modeling.text_enrichment import KnowledgeBankError
 from excel.utils.logging import setup_logging
 from excel.utils.parent_watch import exit_with_parent

@@ -1,5 +1,5 @@
 """What a config value may be: one :class:`Rule` per key, and the checks that give one clear line when a
-value breaks its rule (the table itself, ``RULES``, sits next to ``DEFAULTS`` in :mod:`excel.config`).
+value breaks its rule (the table itself, ``RULES``, sits next to ``DEFAULTS`` in :mod:`excel.config_schema`).
 """
 from __future__ import annotations
 

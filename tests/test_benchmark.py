@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from excel.utils import benchmark
+from excel.apps import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from excel.engine.checkpoint import (
+from excel.modeling.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_head_weights,

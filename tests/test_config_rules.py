@@ -5,7 +5,8 @@ import pytest
 import torch
 import yaml
 
-from excel.config import DEFAULTS, RULES, ConfigError, load_config
+from excel.config import ConfigError, load_config
+from excel.config_schema import DEFAULTS, RULES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -18,7 +19,7 @@ def dotted_keys(node, prefix=""):
 
 def test_every_default_key_has_a_rule_and_every_rule_a_key():
     keys = set(dotted_keys(DEFAULTS))
-    assert keys - set(RULES) == set(), "give these DEFAULTS keys a rule in excel.config.RULES"
+    assert keys - set(RULES) == set(), "give these DEFAULTS keys a rule in excel.config_schema.RULES"
     assert set(RULES) - keys == set(), "these rules name keys that DEFAULTS does not have"
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from excel.apps import demo
 from excel.config import load_config
 from excel.evaluation.infer_lam import run_pseudo_labels
 from excel.io import DatasetError
-from excel.labels.predict import flip_merge
-from excel.prep import demo
-from excel.prep.synthetic import (
+from excel.labels.pseudo_label import flip_merge
+from excel.prep.synthetic_dataset import (
     SCENE_VERSION,
     STAMP_FILE,
     read_scene_stamp,

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from excel.classes import COCO_CATEGORIES, VOC_CATEGORIES
-from excel.modeling.descriptions import load_descriptions
-from excel.prep.descriptions import (
+from excel.modeling.description_file import load_descriptions
+from excel.prep.description_authoring import (
     clean_descriptions,
     find_other_class_mentions,
     normalise_description,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from excel.apps.gallery import GalleryError, image_iou, load_gallery
+from excel.apps.gallery_render import CAPTION_HEIGHT, CELL_GAP, HEADER_HEIGHT, render
 from excel.config import load_config, save_config
 from excel.io import read_image, write_image, write_mask
-from excel.prep.gallery import GalleryError, image_iou, load_gallery
-from excel.prep.gallery_render import CAPTION_HEIGHT, CELL_GAP, HEADER_HEIGHT, render
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["disc", "square", "triangle", "star", "ring"]

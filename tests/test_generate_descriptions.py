@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from excel.modeling.descriptions import load_descriptions
+from excel.modeling.description_file import load_descriptions
 from excel.prep import description_generation as tool
-from excel.prep.descriptions import save_descriptions, validate_descriptions
+from excel.prep.description_authoring import save_descriptions, validate_descriptions
 
 N = 3
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from fixtures_clip import tiny_overrides
 
-from excel.utils import benchmark, gpu_check
+from excel.apps import benchmark, gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,6 @@ import torch
 from omegaconf import OmegaConf
 
 from excel.config import save_config
-from excel.engine.checkpoint import save_checkpoint
-from excel.evaluation.metrics import save_scores, scores
 from excel.io import (
     DatasetError,
     atomic_write,
@@ -21,6 +19,8 @@ from excel.io import (
     read_split,
     write_text,
 )
+from excel.metrics import save_scores, scores
+from excel.modeling.checkpoint import save_checkpoint
 from excel.modeling.text_enrichment import save_bank
 
 HOSTILE_IDS = [

@@ -15,7 +15,7 @@ from torch.distributed.elastic.multiprocessing.errors import (
 
 from excel.builders import build_model
 from excel.config import load_config
-from excel.engine.checkpoint import save_checkpoint
+from excel.modeling.checkpoint import save_checkpoint
 from excel.utils.launch import describe_failure
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from excel.builders import build_optimizer, build_scheduler
 from excel.config import load_config
 from excel.engine.losses import aff_loss, affinity_targets, radius_mask, seg_loss
+from excel.engine.schedule import build_optimizer, build_scheduler
 from excel.labels.refine import resize_bilinear
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from excel.evaluation.metrics import (
+from excel.metrics import (
     ConfusionMeter,
     confusion_matrix,
     format_table,

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from published_reference import expected_pairs
 
-from excel.builders import build_crf
 from excel.data.transforms import normalize
-from excel.engine.checkpoint import CheckpointError, load_checkpoint
+from excel.evaluation.crf import build_crf
+from excel.evaluation.predictor import Predictor
 from excel.io import read_image, read_mask
-from excel.predictor import Predictor
+from excel.modeling.checkpoint import CheckpointError, load_checkpoint
 from excel.utils.visualize import label_overlay
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch
 from published_reference import expected_pairs
 from torch import nn
 
-from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights
+from excel.modeling.checkpoint import CheckpointError, load_checkpoint, load_head_weights
 from excel.modeling.head import ExCELHead
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_published_checkpoint_lands_on_the_right_parameters(tmp_path, caplog, wr
     payload = state if wrap == "plain" else {wrap: state, "epoch": 3}
     torch.save(payload, tmp_path / "model_iter_30000.pth")
     model = HeadOnlyModel()
-    with caplog.at_level(logging.INFO, logger="excel.engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="excel.modeling.checkpoint"):
         load_head_weights(model, tmp_path / "model_iter_30000.pth")
     assert_loaded(model, state)
     assert "2 entries that are not part of the head ignored (e.g. encoder.visual.conv1.weight" in caplog.text
@@ -77,7 +77,7 @@ def test_published_names_count_for_vit_b16_voc():
     """The published VOC head (12 layers of 768-d tokens, 256-d adapter, 3 blocks, 21 classes) has as many
     tensors as ours, each of the same shape."""
     ours = ExCELHead(12, 768, 20)
-    from excel.engine.checkpoint import head_state_dict
+    from excel.modeling.checkpoint import head_state_dict
 
     published = {}
     for key, parameter in expected_pairs(ours):
@@ -154,7 +154,7 @@ def test_convert_checkpoint_tool_stores_a_checked_config(tmp_path):
 
 
 def test_only_training_checkpoints_resume():
-    from excel.engine.checkpoint import check_training_state
+    from excel.modeling.checkpoint import check_training_state
 
     check_training_state({"head": {}, "optimizer": {}, "scheduler": {}, "iteration": 3, "rng": {}}, "run.pth")
     with pytest.raises(CheckpointError, match="model_iter_30000.pth cannot resume training: it has no head, "

@@ -17,17 +17,13 @@ from excel.cli import segmentation_main
 from excel.config import load_config
 from excel.data.layout import find_mask
 from excel.data.transforms import normalize
-from excel.engine.checkpoint import save_checkpoint
 from excel.evaluation import segment
 from excel.evaluation.crf import DenseCRF, crf_from_logits, softmax, upsample_logits
-from excel.evaluation.segment import (
-    VOC_SUBMISSION_DIR,
-    check_scales,
-    multiscale_logits,
-    reduce_logits,
-    run_segmentation,
-)
+from excel.evaluation.multiscale import check_scales, multiscale_logits, reduce_logits
+from excel.evaluation.segment import run_segmentation
+from excel.evaluation.voc_submission import VOC_SUBMISSION_DIR
 from excel.io import DatasetError, read_image, read_mask, voc_palette
+from excel.modeling.checkpoint import save_checkpoint
 
 VOC_VAL_IDS = ["2007_000033", "2007_000042", "2007_000061", "2007_000123"]
 VOC_TEST_IDS = ["2008_000006", "2008_000010"]

@@ -16,22 +16,19 @@ import torch.nn.functional as F
 from excel.classes import IGNORE_INDEX
 from excel.io import read_image, read_mask
 from excel.modeling.clip_loader import load_clip, register_model_config
-from excel.prep import tiny_clip, tiny_clip_data
+from excel.prep import tiny_clip, tiny_clip_data, tiny_clip_encode
 from excel.prep.synthetic import (
     BACKGROUND_KINDS,
     CLASS_NAMES,
     COLOURS,
     SceneObject,
     boundary_band,
-    caption,
-    caption_pairs,
-    dataset_scene,
     object_mask,
     polygon_mask,
     render_scene,
-    sample_caption,
-    write_synthetic_dataset,
 )
+from excel.prep.synthetic_captions import caption, caption_pairs, sample_caption
+from excel.prep.synthetic_dataset import dataset_scene, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "assets" / "tiny_clip_synthetic.pt"
@@ -323,7 +320,7 @@ def test_tapped_layer_tokens_match_a_forward_cut_at_that_layer():
     model = open_clip.create_model(register_model_config(CONFIG), pretrained=None).eval()
     images = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
-        cls_embedding, patches, tapped = tiny_clip.encode_image_tokens(model, images, tap_layer=7)
+        cls_embedding, patches, tapped = tiny_clip_encode.encode_image_tokens(model, images, tap_layer=7)
         assert torch.allclose(cls_embedding, model.encode_image(images), atol=1e-5)
         visual = model.visual
         x = visual.ln_pre(torch.cat([visual.class_embedding.expand(2, 1, -1),
@@ -331,7 +328,7 @@ def test_tapped_layer_tokens_match_a_forward_cut_at_that_layer():
         for block in visual.transformer.resblocks[:7]:
             x = block(x)
         assert torch.allclose(tapped, visual.ln_post(x[:, 1:]) @ visual.proj, atol=1e-5)
-        _, same, final = tiny_clip.encode_image_tokens(model, images, tap_layer=12)
+        _, same, final = tiny_clip_encode.encode_image_tokens(model, images, tap_layer=12)
         assert torch.allclose(same, patches, atol=1e-6) and torch.allclose(final, patches, atol=1e-6)
 
 
@@ -341,7 +338,7 @@ def test_grounding_weight_scales_only_the_grounding_term_of_the_total():
     tokenizer = open_clip.get_tokenizer("tiny_clip")
     heads = tiny_clip.TrainingHeads(model.text_projection.shape[1])
     batch = tiny_clip_data.draw_batch(np.random.default_rng(0), 4, 96, tokenizer)
-    prompts = tokenizer(tiny_clip.presence_prompts())
+    prompts = tokenizer(tiny_clip_encode.presence_prompts())
     with torch.no_grad():
         plain = tiny_clip.training_losses(model, heads, batch, prompts, ground_layer=7)
         weighted = tiny_clip.training_losses(model, heads, batch, prompts, ground_layer=7, ground_weight=4.0)

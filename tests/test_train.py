@@ -13,8 +13,8 @@ from fixtures_clip import tiny_overrides
 from excel.config import ConfigError, load_config
 from excel.engine import step as iteration
 from excel.engine import trainer as engine
-from excel.engine.checkpoint import load_checkpoint, save_checkpoint
 from excel.io import DatasetError
+from excel.modeling.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

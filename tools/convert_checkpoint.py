@@ -5,7 +5,7 @@ project's checkpoint format: ``{'head', 'num_classes', 'iteration'[, 'config']}`
 
 Everything that is not the head (the frozen CLIP weights) is left out. With --config the head is checked
 against that config (head.*, dataset.num_classes) and the config is stored in OUT, so that OUT can be used
-without --config afterwards (tools/predict.py, excel.predictor.Predictor.from_checkpoint).
+without --config afterwards (tools/predict.py, excel.evaluation.predictor.Predictor.from_checkpoint).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from excel.builders import build_head
 from excel.cli import USER_ERRORS
 from excel.config import load_config
-from excel.engine.checkpoint import (
+from excel.modeling.checkpoint import (
     CheckpointError,
     head_checkpoint,
     load_checkpoint,

@@ -14,7 +14,7 @@ import os
 # let them sleep instead (must be set before torch loads its OpenMP runtime).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from excel.prep.demo import main  # noqa: E402
+from excel.apps.demo import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from excel.apps.gallery import GalleryError, load_gallery
+from excel.apps.gallery_render import write_gallery
 from excel.cli import USER_ERRORS
-from excel.prep.gallery import GalleryError, load_gallery
-from excel.prep.gallery_render import write_gallery
 
 
 def main(argv=None) -> None:

@@ -1,8 +1,8 @@
 """A timed synthetic training run with AMP, in one table with the benchmark (tools/gpu_check.sh).
 
-Options: ``--help``; the code is excel/utils/gpu_check.py.
+Options: ``--help``; the code is excel/apps/gpu_check.py.
 """
-from excel.utils.gpu_check import main
+from excel.apps.gpu_check import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from excel.prep.synthetic import CLASS_NAMES, write_synthetic_dataset
+from excel.prep.synthetic import CLASS_NAMES
+from excel.prep.synthetic_dataset import write_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,1 +1,1 @@
-"""Training: the loop, one iteration, losses, learning-rate schedule, checkpoints."""
+"""Training: the loop, one iteration, losses, the optimiser and its learning-rate schedule."""

@@ -1,7 +1,10 @@
-"""AdamW with linear warm-up then polynomial decay (docs/method.md §8)."""
+"""The optimiser and its learning rate: AdamW with linear warm-up then polynomial decay (docs/method.md §8)."""
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
+
+from excel.config import as_list
 
 
 class WarmupPoly:
@@ -17,10 +20,24 @@ class WarmupPoly:
         return max(0.0, 1 - it / self.max_iters) ** self.power
 
 
-def build_optimizer(params, lr: float, weight_decay: float, betas, eps: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.AdamW:
+    """AdamW over ``params`` with optim.* (docs/method.md §8): the fused kernel (one pass over all the
+    parameters) where torch has one for their device, the default kernels otherwise."""
+    o = cfg.optim
+    params = list(params)
+    settings = dict(lr=o.lr, weight_decay=o.weight_decay, betas=tuple(as_list(o.betas)), eps=o.eps)
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, ValueError):  # no fused AdamW for this device (or this torch version)
+        return torch.optim.AdamW(params, **settings)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, max_iters: int, warmup_iters: int,
-                    warmup_ratio: float, power: float) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupPoly(max_iters, warmup_iters, warmup_ratio, power))
+def build_lr_schedule(cfg: DictConfig) -> WarmupPoly:
+    """The lr factor per iteration: linear warm-up then polynomial decay over train.max_iters (docs/method.md §8)."""
+    o = cfg.optim
+    return WarmupPoly(cfg.train.max_iters, o.warmup_iters, o.warmup_ratio, o.power)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimiser's scheduler with :func:`build_lr_schedule`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg))

@@ -23,11 +23,8 @@ from tqdm import tqdm
 
 from excel.builders import (
     build_dataset,
-    build_lr_schedule,
     build_model,
-    build_optimizer,
     build_par,
-    build_scheduler,
     build_train_augment,
 )
 from excel.config import ConfigError, as_list, save_config
@@ -35,16 +32,17 @@ from excel.data.dataset import collate
 from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
-from excel.engine.checkpoint import (
+from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
+from excel.engine.step import TrainingError, training_step
+from excel.io import DatasetError, check_outside, voc_palette
+from excel.labels.pseudo_label import predict_image
+from excel.metrics import ConfusionMeter, format_table, save_scores, scores
+from excel.modeling.checkpoint import (
     check_training_state,
     load_checkpoint,
     load_head_weights,
     save_checkpoint,
 )
-from excel.engine.step import TrainingError, training_step
-from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
-from excel.io import DatasetError, check_outside, voc_palette
-from excel.labels.predict import predict_image
 from excel.modeling.model import ExCEL
 from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory

@@ -1,1 +1,1 @@
-"""Evaluation: pseudo labels of a split, multi-scale segmentation, DenseCRF, metrics."""
+"""Evaluation: pseudo labels of a split, multi-scale segmentation, DenseCRF, single-image prediction."""

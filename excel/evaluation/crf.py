@@ -1,15 +1,20 @@
 """Fully connected CRF post-processing (Krähenbühl & Koltun) of segmentation probabilities.
 
-Numpy and pydensecrf only, so that the functions run cheaply in worker processes.
+Numpy and pydensecrf only (the config is read, never imported), so that the functions run cheaply in
+worker processes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,14 @@ class DenseCRF:
         crf.addPairwiseBilateral(sxy=self.bilateral_sxy, srgb=self.bilateral_srgb,
                                  rgbim=np.ascontiguousarray(image), compat=self.bilateral_compat)
         return np.asarray(crf.inference(self.iters), dtype=np.float32).reshape(num_classes, height, width)
+
+
+def build_crf(cfg: DictConfig) -> DenseCRF | None:
+    """DenseCRF with crf.* parameters, or None when crf.enabled is false (docs/method.md §10)."""
+    c = cfg.crf
+    if not c.enabled:
+        return None
+    return DenseCRF(c.iters, c.gaussian_sxy, c.gaussian_compat, c.bilateral_sxy, c.bilateral_srgb, c.bilateral_compat)
 
 
 def crf_refine(image: np.ndarray, probs: np.ndarray, crf: DenseCRF = DenseCRF()) -> np.ndarray:

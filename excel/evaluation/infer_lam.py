@@ -14,8 +14,6 @@ from excel.builders import build_dataset, build_model, build_par
 from excel.config import as_list, save_config
 from excel.data.layout import dataset_folders
 from excel.data.transforms import EvalTransform, denormalize
-from excel.engine.checkpoint import load_head_weights
-from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.io import (
     check_outside,
     check_split_name,
@@ -24,7 +22,9 @@ from excel.io import (
     write_image,
     write_mask,
 )
-from excel.labels.predict import ImagePrediction, predict_image
+from excel.labels.pseudo_label import ImagePrediction, predict_image
+from excel.metrics import ConfusionMeter, format_table, save_scores, scores
+from excel.modeling.checkpoint import load_head_weights
 from excel.utils import distributed as dist
 from excel.utils.logging import setup_logging
 from excel.utils.visualize import cam_overlay, positive_class_cam

@@ -27,42 +27,32 @@ published COCO inference flips at every scale; ``infer.flip_unit_scale=true`` se
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import signal
-import tarfile
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from excel.builders import build_crf, build_dataset, build_model
-from excel.config import ConfigError, as_list, save_config
+from excel.builders import build_dataset, build_model
+from excel.config import as_list, save_config
 from excel.data.dataset import SegmentationDataset
-from excel.data.layout import dataset_folders, mask_candidates
-from excel.data.transforms import normalize
-from excel.engine.checkpoint import load_checkpoint, load_head_weights
-from excel.evaluation.crf import crf_from_logits
-from excel.evaluation.metrics import ConfusionMeter, format_table, save_scores
-from excel.io import (
-    atomic_write,
-    check_outside,
-    check_split_name,
-    output_path,
-    read_output_mask,
-    write_image,
-    write_mask,
-)
-from excel.modeling.model import ExCEL
+from excel.data.layout import mask_candidates
+from excel.evaluation.crf import build_crf, crf_from_logits
+from excel.evaluation.multiscale import check_scales, image_logits, reduce_logits
+from excel.evaluation.outputs import OutputLayout
+from excel.evaluation.voc_submission import write_submission_archive
+from excel.io import check_split_name, read_output_mask
+from excel.metrics import ConfusionMeter, format_table, save_scores
+from excel.modeling.checkpoint import load_checkpoint, load_head_weights
 from excel.utils.argmax import argmax
 from excel.utils.distributed import (
     barrier,
@@ -75,87 +65,12 @@ from excel.utils.distributed import (
 )
 from excel.utils.logging import setup_logging
 from excel.utils.parent_watch import init_helper_process
-from excel.utils.visualize import colorize, label_overlay
 
 log = logging.getLogger(__name__)
 
-VOC_SUBMISSION_DIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
-SegmentFn = Callable[[torch.Tensor], torch.Tensor]
-
 
 # ----------------------------------------------------------------------------------------------
-# Multi-scale + flip logits
-# ----------------------------------------------------------------------------------------------
-
-def scaled_side(resize: int, scale: float) -> int:
-    """Side of the square network input at ``scale``: int(resize·scale), as the published code."""
-    return int(resize * scale)
-
-
-def check_scales(resize: int, scales: Sequence[float], patch_size: int) -> None:
-    """Raise unless every scaled input side is a positive multiple of the patch size."""
-    if not scales:
-        raise ConfigError("infer.scales is empty; give at least one scale, e.g. [1.0]")
-    bad = [s for s in scales if scaled_side(resize, s) <= 0 or scaled_side(resize, s) % patch_size]
-    if bad:
-        raise ConfigError(f"infer.scales {bad} with infer.resize={resize} give input sides "
-                         f"{[scaled_side(resize, s) for s in bad]} that are not positive multiples of "
-                         f"{patch_size}; choose scales s with int({resize}·s) divisible by {patch_size}")
-
-
-def multiscale_logits(segment_fn: SegmentFn, image: torch.Tensor, resize: int = 320,
-                      scales: Sequence[float] = (0.7, 1.0, 1.2, 1.5), flip: bool = True,
-                      flip_unit_scale: bool = False) -> torch.Tensor:
-    """Multi-scale, flip-averaged logits (C+1)×H×W of one normalised 1×3×H×W image.
-
-    For every scale s the image is resized (bilinear, align_corners=False) to a square of side
-    int(resize·s); ``segment_fn`` maps the B×3×S×S batch to B×(C+1)×h×w logits, which are upsampled
-    to H×W (bilinear). With ``flip`` the image and its horizontal flip go through ``segment_fn`` as
-    one batch of two, and the flip's logits (flipped back) are averaged with the image's.
-    Quirk (published VOC code): at s = 1 the flip is left out unless ``flip_unit_scale`` (the
-    published COCO code flips at every scale). The result is the mean over the scales.
-    """
-    if image.ndim != 4 or image.shape[:2] != (1, 3):
-        raise ValueError(f"expected one normalised image of shape 1×3×H×W, got {tuple(image.shape)}")
-    size = image.shape[-2:]
-    total = None
-    for scale in scales:
-        side = scaled_side(resize, scale)
-        resized = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False)
-        with_flip = flip and (scale != 1.0 or flip_unit_scale)
-        batch = torch.cat([resized, resized.flip(-1)]) if with_flip else resized
-        logits = F.interpolate(segment_fn(batch).float(), size=size, mode="bilinear", align_corners=False)
-        logits = (logits[0] + logits[1].flip(-1)) / 2 if with_flip else logits[0]
-        total = logits if total is None else total + logits
-    return total / len(scales)
-
-
-def image_logits(model: ExCEL, image: np.ndarray, cfg: DictConfig, scales: Sequence[float], flip: bool) -> torch.Tensor:
-    """(C+1)×H×W multi-scale logits of an H×W×3 uint8 RGB image on the model's device: normalised with
-    dataset.normalize, resized around infer.resize, with infer.flip_unit_scale (docs/method.md §10)."""
-    device = next(model.head.parameters()).device
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
-    return multiscale_logits(model.segment, normalize(pixels, cfg.dataset.normalize), cfg.infer.resize, scales,
-                             flip, bool(cfg.infer.flip_unit_scale))
-
-
-def reduce_logits(logits: torch.Tensor, stride: int) -> np.ndarray:
-    """(C+1)×H×W logits → numpy (C+1)×⌈H/stride⌉×⌈W/stride⌉ for the CRF workers.
-
-    stride 1 keeps the full-resolution float32 logits (the published pipeline); larger strides
-    resample bilinearly and store float16 (the workers upsample back to H×W before the CRF).
-    """
-    if stride < 1:
-        raise ValueError(f"infer.logit_stride={stride} must be >= 1")
-    if stride == 1:
-        return logits.float().cpu().numpy()
-    size = (math.ceil(logits.shape[-2] / stride), math.ceil(logits.shape[-1] / stride))
-    small = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return small.half().cpu().numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# Splits, outputs and the CRF worker pool
+# Splits and the CRF worker pool
 # ----------------------------------------------------------------------------------------------
 
 def is_test_split(split: str) -> bool:
@@ -173,80 +88,6 @@ def check_masks(dataset: SegmentationDataset) -> None:
             f"split {dataset.split!r} is scored but image {missing[0].image_id!r} has no mask (looked for "
             f"{looked}; {len(missing)} of {len(dataset)} missing). Provide the masks, or use a split whose "
             f"name starts with 'test' to predict without scoring")
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """Where predictions of one run go: every per-image file lies inside its folder of ``root``."""
-
-    root: Path
-    submission: bool
-    overlays: bool
-    crf: bool = True
-
-    def folders(self) -> list[Path]:
-        """The folders of the per-image files."""
-        kinds = ("raw", "crf") if self.crf else ("raw",)
-        folders = [*(self.root / k for k in kinds), *(self.root / f"{k}_color" for k in kinds)]
-        if self.submission:
-            folders.append(self.root / VOC_SUBMISSION_DIR)
-        if self.overlays:
-            folders.append(self.root / "overlay")
-        return folders
-
-    def check_outside_dataset(self, dataset_root: Path) -> None:
-        """Refuse output folders inside the dataset's image / mask folders."""
-        check_outside(self.root, dataset_folders(dataset_root), "the dataset folder", holds_ids=False)
-        for folder in self.folders():
-            check_outside(folder, dataset_folders(dataset_root), "the dataset folder")
-
-    def path(self, kind: str, image_id: str) -> Path:
-        """The class-index PNG of one prediction (``kind``: raw or crf)."""
-        return output_path(self.root / kind, image_id, ".png")
-
-    def final_paths(self, image_id: str) -> list[Path]:
-        """The submission PNG and overlay of an image, where asked for."""
-        paths = []
-        if self.submission:
-            paths.append(output_path(self.root / VOC_SUBMISSION_DIR, image_id, ".png"))
-        if self.overlays:
-            paths.append(output_path(self.root / "overlay", image_id, ".jpg"))
-        return paths
-
-    def complete(self, image_id: str) -> bool:
-        """Every output of the image exists (all are written atomically: existing means complete)."""
-        kinds = ("raw", "crf") if self.crf else ("raw",)
-        paths = [*(self.path(k, image_id) for k in kinds),
-                 *(output_path(self.root / f"{k}_color", image_id, ".png") for k in kinds),
-                 *self.final_paths(image_id)]
-        return all(path.is_file() for path in paths)
-
-    def write(self, kind: str, image_id: str, labels: np.ndarray) -> None:
-        """Write the class-index and colour PNGs of one prediction (``kind``: raw or crf)."""
-        write_mask(self.path(kind, image_id), labels)
-        write_image(output_path(self.root / f"{kind}_color", image_id, ".png"), colorize(labels))
-
-    def write_final(self, image_id: str, labels: np.ndarray, image: np.ndarray) -> None:
-        """The final prediction of an image: submission PNG and overlay where asked for."""
-        if self.submission:
-            write_mask(output_path(self.root / VOC_SUBMISSION_DIR, image_id, ".png"), labels)
-        if self.overlays:
-            write_image(output_path(self.root / "overlay", image_id, ".jpg"), label_overlay(image, labels),
-                        jpeg_quality=90)
-
-
-def write_submission_archive(root: Path) -> Path:
-    """``<root>/results.tar.gz`` holding results/VOC2012/Segmentation/comp6_test_cls/*.png (atomic)."""
-    archive = root / "results.tar.gz"
-    folder = root / VOC_SUBMISSION_DIR
-
-    def build(tmp: Path) -> None:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for png in sorted(folder.glob("*.png")):
-                tar.add(png, arcname=str(VOC_SUBMISSION_DIR / png.name))
-
-    atomic_write(archive, build)
-    return archive
 
 
 class _InlineExecutor(Executor):
@@ -400,7 +241,7 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
     """Segment every image of ``split`` with the head in ``checkpoint``; write outputs to ``out_dir``.
 
     Runs in one process or under torchrun (the split is sharded across ranks; scores are summed).
-    Returns ``{'raw': scores, 'crf': scores}`` (:func:`excel.evaluation.metrics.scores` dicts; None when not
+    Returns ``{'raw': scores, 'crf': scores}`` (:func:`excel.metrics.scores` dicts; None when not
     computed: test splits, or the CRF off).
     """
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(cfg.work_dir, split, checkpoint)

@@ -1,1 +1,1 @@
-"""The model: frozen CLIP with SVC and LVC, text enrichment, CAMs, the learnable head, ExCEL."""
+"""The model: frozen CLIP with SVC and LVC, text enrichment, CAMs, the learnable head, ExCEL, its checkpoints."""

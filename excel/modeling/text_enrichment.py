@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from excel.io import atomic_write
-from excel.modeling.descriptions import load_descriptions
+from excel.modeling.description_file import load_descriptions
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from excel.modeling.descriptions import read_description_file
-from excel.prep.descriptions import (
+from excel.modeling.description_file import read_description_file
+from excel.prep.description_authoring import (
     DATASET_CLASS_KEYS,
     DEFAULT_PREFIX_TEMPLATE,
     DESCRIPTIONS_PER_CLASS,

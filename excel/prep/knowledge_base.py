@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from excel.builders import bank_cache_path, build_clip, clip_model_name
 from excel.config import as_list
 from excel.modeling.clip_loader import clip_tokenizer
-from excel.modeling.descriptions import load_descriptions
+from excel.modeling.description_file import load_descriptions
 from excel.modeling.text_enrichment import build_bank, save_bank, shared_cluster_sets
 
 log = logging.getLogger(__name__)

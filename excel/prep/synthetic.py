@@ -5,22 +5,18 @@ A scene holds 1–3 objects of five classes (disc, square, triangle, star, ring)
 drawn with a dark outline, on a textured background (smooth noise, stripes or a gradient, in random
 light colours that say nothing about the objects). Rendering returns the RGB image, a VOC-style class-index mask (0 background,
 1..5 classes, 255 on a thin band along every label boundary) and the object list, from which
-captions such as "a photo of a red disc and a blue star." are written.
+captions such as "a photo of a red disc and a blue star." are written (excel/prep/synthetic_captions.py).
+A VOC-layout dataset of such scenes: excel/prep/synthetic_dataset.py.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from excel.classes import IGNORE_INDEX
-from excel.io import write_image, write_json, write_labels, write_mask, write_split
 
 CLASS_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "star", "ring")
 BACKGROUND_KINDS: tuple[str, ...] = ("noise", "stripes", "gradient")
@@ -31,30 +27,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (125, 45, 170), "pink": (245, 125, 185), "brown": (125, 75, 35),
     "white": (245, 245, 245), "black": (20, 20, 20), "grey": (128, 128, 128),
 }
-
-# Short statements that hold for every instance of a class; pretraining captions sometimes carry
-# one, so a knowledge base of class descriptions speaks words the text encoder has seen.
-CLASS_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "disc": ("it is round", "it is a filled circle", "it has a smooth curved edge"),
-    "square": ("it has four equal sides", "it has four corners", "it has four right angles"),
-    "triangle": ("it has three sides", "it has three corners", "it has a pointed tip"),
-    "star": ("it has five points", "it has sharp spikes", "it has ten edges"),
-    "ring": ("it has a hole in the middle", "it is a hollow circle", "it is round and empty inside"),
-}
-
-CAPTION_TEMPLATES: tuple[str, ...] = (
-    "a photo of {}.", "a picture of {}.", "an image of {}.", "a drawing of {}.",
-    "a rendering of {}.", "a photo showing {}.", "there is {}.", "{}.",
-)
-# Words with no bearing on the scene, inserted before object names so that the text encoder learns
-# to look past unfamiliar modifiers (as in the prompt "a clean origami disc.", whose adjectives never
-# appear in pretraining captions).
-FILLER_WORDS: tuple[str, ...] = (
-    "small", "large", "big", "little", "simple", "flat", "shiny", "bright", "nice", "paper",
-    "plastic", "wooden", "painted", "cartoon", "neat", "tidy", "tiny", "plain",
-)
-BACKGROUND_PHRASES: dict[str, str] = {"noise": "on noise", "stripes": "on stripes",
-                                      "gradient": "on a gradient"}
 
 _STAR_INNER_RATIO = 0.45
 _MIN_COLOUR_CONTRAST = 90.0     # RGB distance between an object colour and each background colour
@@ -92,19 +64,6 @@ class Scene:
     def labels(self) -> list[int]:
         """Sorted class indices present in the mask."""
         return sorted(int(v) for v in np.unique(self.mask) if 0 < v < IGNORE_INDEX)
-
-
-@dataclass(frozen=True)
-class Caption:
-    """A caption and what it asserts: `classes` are the class indices it names (one entry per
-    object, repeats allowed), `colours` their colour names or None where the caption names no
-    colour, `complete` whether it lists every object, `background` the background kind it names."""
-
-    text: str
-    classes: tuple[int, ...]
-    colours: tuple[str, ...] | None
-    complete: bool
-    background: str | None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,142 +277,3 @@ def render_scene(rng: np.random.Generator, height: int, width: int, max_objects:
             return Scene(np.clip(image, 0, 255).round().astype(np.uint8), mask, tuple(objects), kind)
     raise RuntimeError(f"could not draw a {height}×{width} scene with visible objects in "
                        f"{max_attempts} attempts; use a larger image size")
-
-
-# ----------------------------------------------------------------------------------------------
-# Captions
-# ----------------------------------------------------------------------------------------------
-
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _object_phrase(class_name: str, colour: str | None, filler: str | None = None) -> str:
-    return _with_article(" ".join(w for w in (filler, colour, class_name) if w))
-
-
-def caption(objects: Sequence[SceneObject], template: str = "a photo of {}.",
-            with_colour: bool = True, background: str | None = None) -> str:
-    """A caption naming every object in order, e.g. "a photo of a red disc and a blue star."."""
-    if not objects:
-        raise ValueError("a caption needs at least one object")
-    phrases = [_object_phrase(o.class_name, o.colour if with_colour else None) for o in objects]
-    text = " and ".join(phrases)
-    if background is not None:
-        text = f"{text} {BACKGROUND_PHRASES[background]}"
-    return template.format(text)
-
-
-def sample_caption(scene: Scene, rng: np.random.Generator) -> Caption:
-    """A random caption of a scene for contrastive pretraining.
-
-    Mixes complete captions (every object, with or without colours, in random order) and captions
-    naming a single object; sometimes adds a filler adjective, the background kind, or (for a
-    single named class) one of its attribute statements.
-    """
-    order = rng.permutation(len(scene.objects))
-    objects = [scene.objects[i] for i in order]
-    mode = rng.random()
-    if mode < 0.35:
-        objects, complete = objects[:1], len(scene.objects) == 1
-    else:
-        complete = True
-    with_colour = rng.random() < (0.5 if len(objects) == 1 else 0.6)
-    phrases = [_object_phrase(o.class_name, o.colour if with_colour else None,
-                              str(rng.choice(FILLER_WORDS)) if rng.random() < 0.25 else None)
-               for o in objects]
-    text = " and ".join(phrases)
-    background = scene.background if rng.random() < 0.3 else None
-    if background is not None:
-        text = f"{text} {BACKGROUND_PHRASES[background]}"
-    text = str(rng.choice(CAPTION_TEMPLATES)).format(text)
-    if len({o.class_index for o in objects}) == 1 and rng.random() < 0.25:
-        text = f"{text} {rng.choice(CLASS_ATTRIBUTES[objects[0].class_name])}."
-    return Caption(text=text, classes=tuple(o.class_index for o in objects),
-                   colours=tuple(o.colour for o in objects) if with_colour else None,
-                   complete=complete, background=background)
-
-
-def caption_pairs(seed: int, size: int = 160, max_objects: int = 3) -> Iterator[tuple[np.ndarray, str]]:
-    """Endless (image size×size×3 uint8, caption text) pairs for pretraining, deterministic by seed."""
-    rng = np.random.default_rng(seed)
-    while True:
-        scene = render_scene(rng, size, size, max_objects=max_objects)
-        yield scene.image, sample_caption(scene, rng).text
-
-
-# ----------------------------------------------------------------------------------------------
-# VOC-layout dataset
-# ----------------------------------------------------------------------------------------------
-
-SPLITS: tuple[str, ...] = ("train", "val")
-# Bumped whenever the drawing changes, so that a dataset drawn by an older generator is recognised.
-SCENE_VERSION = 1
-STAMP_FILE = "splits/scenes.json"
-
-
-def image_id(split: str, index: int) -> str:
-    """Image id of the index-th scene of a split, e.g. ``train_00042``."""
-    return f"{split}_{index:05d}"
-
-
-def dataset_scene(seed: int, split: str, index: int, min_size: int = 128, max_size: int = 192,
-                  ignore_band: int = 1) -> Scene:
-    """The scene of one dataset image; depends only on (seed, split, index), not on other images.
-    Height and width are drawn independently from [min_size, max_size]."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} must be one of {SPLITS}")
-    if not 32 <= min_size <= max_size:
-        raise ValueError(f"image sizes must satisfy 32 ≤ min_size ≤ max_size, got {min_size}, {max_size}")
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    height, width = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
-    return render_scene(rng, height, width, ignore_band=ignore_band)
-
-
-def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: int, seed: int = 0,
-                            min_size: int = 128, max_size: int = 192,
-                            ignore_band: int = 1) -> dict[str, list[str]]:
-    """Write a VOC-layout dataset of synthetic scenes under `root`; returns {split: ids}.
-
-    Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png and SegmentationClassAug/<id>.png
-    (identical palette PNGs of class indices), ImageSets/Segmentation/<split>.txt, and
-    splits/<split>.txt with splits/labels.json ({id: sorted class indices 1..5 present}); last,
-    splits/scenes.json with :func:`scene_stamp` of the arguments.
-    """
-    if num_train < 1 or num_val < 1:
-        raise ValueError(f"num_train={num_train} and num_val={num_val} must both be at least 1")
-    root = Path(root)
-    counts = {"train": num_train, "val": num_val}
-    splits: dict[str, list[str]] = {}
-    labels: dict[str, list[int]] = {}
-    jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
-    for split, index in tqdm(jobs, desc="synthetic scenes", dynamic_ncols=True):
-        name = image_id(split, index)
-        scene = dataset_scene(seed, split, index, min_size, max_size, ignore_band)
-        write_image(root / "JPEGImages" / f"{name}.jpg", scene.image)
-        for folder in ("SegmentationClass", "SegmentationClassAug"):
-            write_mask(root / folder / f"{name}.png", scene.mask)
-        splits.setdefault(split, []).append(name)
-        labels[name] = scene.labels
-    for split, ids in splits.items():
-        write_split(root / "ImageSets" / "Segmentation" / f"{split}.txt", ids)
-        write_split(root / "splits" / f"{split}.txt", ids)
-    write_labels(root / "splits" / "labels.json", labels)
-    write_json(root / STAMP_FILE, scene_stamp(num_train, num_val, seed, min_size, max_size, ignore_band))
-    return splits
-
-
-def scene_stamp(num_train: int, num_val: int, seed: int = 0, min_size: int = 128, max_size: int = 192,
-                ignore_band: int = 1) -> dict[str, int]:
-    """What decides a drawn dataset's content: the generator's version and the drawing arguments."""
-    return {"version": SCENE_VERSION, "num_train": num_train, "num_val": num_val, "seed": seed,
-            "min_size": min_size, "max_size": max_size, "ignore_band": ignore_band}
-
-
-def read_scene_stamp(root: str | os.PathLike) -> dict | None:
-    """The stamp a dataset under `root` was drawn with; None when it has none (or an unreadable one)."""
-    try:
-        stamp = json.loads((Path(root) / STAMP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return stamp if isinstance(stamp, dict) else None

@@ -9,15 +9,8 @@ import numpy as np
 import torch
 
 from excel.data.transforms import normalization_constants
-from excel.prep.synthetic import (
-    BACKGROUND_KINDS,
-    CLASS_NAMES,
-    COLOURS,
-    Caption,
-    Scene,
-    render_scene,
-    sample_caption,
-)
+from excel.prep.synthetic import BACKGROUND_KINDS, CLASS_NAMES, COLOURS, Scene, render_scene
+from excel.prep.synthetic_captions import Caption, sample_caption
 
 ZERO_SHOT_TEMPLATES = ("a clean origami {}.", "a photo of a {}.")
 PRESENCE_TEMPLATE = "a photo of a {}."

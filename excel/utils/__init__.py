@@ -1,1 +1,1 @@
-"""Helpers used across stages: distributed processes, logging, pictures of labels."""
+"""Helpers every floor may use: devices and processes, logging, allocator, argmax, pictures of labels."""

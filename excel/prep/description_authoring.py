@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 from excel.classes import COCO_CATEGORIES, VOC_CATEGORIES
 from excel.io import write_json
-from excel.modeling.descriptions import dedupe_key
+from excel.modeling.description_file import dedupe_key
 
 DEFAULT_PREFIX_TEMPLATE = "a clean origami {}."
 DESCRIPTIONS_PER_CLASS = 20

@@ -3,7 +3,7 @@
 A description file is a JSON object that maps every foreground class key, in dataset order, to a list
 of short visual-attribute sentences, e.g. ``"a clean origami aeroplane. it has a tall vertical fin at
 the tail."``. Training and inference only read them (this module); writing and checking them is the
-offline work of :mod:`excel.prep.descriptions`.
+offline work of :mod:`excel.prep.description_authoring`.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from excel.cli import USER_ERRORS
 from excel.config import load_config
 from excel.engine.trainer import Trainer
 from excel.io import atomic_write
-from excel.prep.synthetic import write_synthetic_dataset
+from excel.prep.synthetic_dataset import write_synthetic_dataset
 from excel.utils import distributed as dist
 
 WARMUP_ITERS = 5              # iterations of each phase left out of the medians (allocator, autotuning)

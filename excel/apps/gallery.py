@@ -4,7 +4,7 @@ Reads an output folder of infer_lam (``pseudo_labels/``, optional ``cams/`` CAM 
 infer_seg (``crf/`` or ``raw/``) with the ``config.yaml`` both write (it names the dataset), and
 makes one row per image: image | CAM (when available) | pseudo label or prediction | ground truth,
 with the row's IoU. Scores are computed from the label files alone; the pictures of the rows shown
-are read one row at a time while rendering, so a large split needs little memory. :mod:`excel.prep.gallery_render` turns the rows into a self-contained HTML page
+are read one row at a time while rendering, so a large split needs little memory. :mod:`excel.apps.gallery_render` turns the rows into a self-contained HTML page
 and a PNG contact sheet.
 
 Row IoU: over the pixels whose ground truth is not ``IGNORE_INDEX``, the mean over the classes that

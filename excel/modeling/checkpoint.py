@@ -5,7 +5,7 @@ A training checkpoint is a dict ``{'head': head state dict, 'optimizer', 'schedu
 backbone is rebuilt from its own weights. :func:`load_head_weights` also accepts a bare head state
 dict, a full-model state dict (``head.`` entries), state dicts wrapped under ``model`` or
 ``state_dict``, keys prefixed with ``module.`` (multi-GPU runs) and the checkpoints of the authors'
-published code (renamed by :mod:`excel.engine.published_checkpoint`). Entries that are not part of the
+published code (renamed by :mod:`excel.modeling.published_checkpoint`). Entries that are not part of the
 head (backbone weights) are ignored with an info log.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from excel.engine.published_checkpoint import (
+from excel.io import atomic_write
+from excel.modeling.published_checkpoint import (
     convert_published_state,
     is_published_state,
 )
-from excel.io import atomic_write
 
 log = logging.getLogger(__name__)
 

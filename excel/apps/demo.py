@@ -26,14 +26,14 @@ from excel.builders import build_dataset, build_model, build_par
 from excel.cli import USER_ERRORS
 from excel.config import load_config
 from excel.data.transforms import EvalTransform
-from excel.engine.checkpoint import load_head_weights
 from excel.engine.trainer import train
 from excel.evaluation.infer_lam import run_pseudo_labels
-from excel.evaluation.metrics import ConfusionMeter, scores
 from excel.evaluation.segment import run_segmentation
 from excel.io import DatasetError, write_json
-from excel.labels.predict import predict_image
-from excel.prep.synthetic import read_scene_stamp, scene_stamp, write_synthetic_dataset
+from excel.labels.pseudo_label import predict_image
+from excel.metrics import ConfusionMeter, scores
+from excel.modeling.checkpoint import load_head_weights
+from excel.prep.synthetic_dataset import read_scene_stamp, scene_stamp, write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/ and assets/
 

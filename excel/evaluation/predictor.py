@@ -7,7 +7,7 @@
     predictor.predict(image, multiscale=False, flip=False, crf=False)   # one scale, fast
 
 Inference is that of tools/infer_seg_*.py (docs/method.md §10): multi-scale + flip logits
-(:func:`excel.evaluation.segment.multiscale_logits`) and the DenseCRF of :mod:`excel.evaluation.crf`.
+(:func:`excel.evaluation.multiscale.multiscale_logits`) and the DenseCRF of :mod:`excel.evaluation.crf`.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from excel.builders import build_crf, build_model
+from excel.builders import build_model
 from excel.config import as_list, load_config, load_config_text
-from excel.engine.checkpoint import CheckpointError, load_checkpoint, load_head_weights
-from excel.evaluation.crf import softmax, upsample_logits
-from excel.evaluation.segment import check_scales, image_logits
+from excel.evaluation.crf import build_crf, softmax, upsample_logits
+from excel.evaluation.multiscale import check_scales, image_logits
 from excel.io import read_image
+from excel.modeling.checkpoint import CheckpointError, load_checkpoint, load_head_weights
 from excel.modeling.model import ExCEL
 from excel.utils.distributed import resolve_device
 

@@ -1,4 +1,4 @@
-"""Render a :class:`~excel.prep.gallery.Gallery`: a self-contained HTML page and a PNG contact sheet.
+"""Render a :class:`~excel.apps.gallery.Gallery`: a self-contained HTML page and a PNG contact sheet.
 
 The page embeds every picture as a base64 data URI and carries its style and its class filter (a
 select and a few lines of inline script) itself: it needs no network and no other file. Each table
@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from excel.apps.gallery import Gallery, GalleryRow, RowPictures, row_pictures
 from excel.io import voc_palette, write_image, write_text
-from excel.prep.gallery import Gallery, GalleryRow, RowPictures, row_pictures
 from excel.utils.visualize import colorize
 
 CAPTION_HEIGHT = 20          # contact sheet: pixels of the caption line above each row

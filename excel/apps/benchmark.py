@@ -42,14 +42,15 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/
 
-from excel.builders import build_model, build_optimizer, build_par, build_scheduler
+from excel.builders import build_model, build_par
 from excel.cli import USER_ERRORS
 from excel.config import as_list, load_config
 from excel.data.transforms import normalize
+from excel.engine.schedule import build_optimizer, build_scheduler
 from excel.engine.step import quantised_crop, training_losses, training_step
-from excel.evaluation.segment import multiscale_logits
+from excel.evaluation.multiscale import multiscale_logits
 from excel.io import atomic_write
-from excel.labels.predict import predict_image, resize_input
+from excel.labels.pseudo_label import predict_image, resize_input
 from excel.labels.refine import label_maps, labels_from_maps, last_layers_affinity
 from excel.modeling.model import ExCEL
 from excel.utils.allocator import retain_freed_memory

@@ -1,0 +1,1 @@
+"""Applications: the commands built on the library (training, inference, demo, gallery, benchmark, ...)."""

@@ -1,0 +1,104 @@
+"""Segment image files with a trained ExCEL head: a class-index PNG and a colour overlay with a legend per image.
+
+    python tools/predict.py IMAGE_OR_FOLDER ... --checkpoint CKPT --out DIR [--config CFG] [section.key=value ...]
+    python tools/predict.py photos/ --checkpoint work_dirs/voc/checkpoints/latest.pth --out preds crf.enabled=false
+
+Folders are read one level deep (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp). Per image with stem S:
+``DIR/labels/S.png`` (palette PNG, pixel value = class index, 0 background) and ``DIR/overlays/S.png``
+(the prediction over the image, a legend of the classes present below it). The config is the one
+stored in the checkpoint unless --config is given (a checkpoint of the authors' code needs it);
+inference follows infer.* and crf.* (e.g. infer.scales=[1.0] infer.flip=false for one fast pass).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from excel.cli import USER_ERRORS
+from excel.io import read_image, write_image, write_mask
+from excel.utils.logging import setup_logging
+from excel.utils.visualize import legend_overlay
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")      # section.key=value (an existing path is an input)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class InputError(ValueError):
+    """Inputs that cannot be predicted as given (missing, unreadable, clashing names)."""
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files from files and folders (one level), in the given order, folders sorted."""
+    images: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"folder {item} holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+            images.extend(found)
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise InputError(f"input not found: {item}")
+    return images
+
+
+def output_stems(images: list[Path], out: Path) -> list[str]:
+    """File stems for the outputs; refuses stems that would leave ``out`` or that two inputs share."""
+    stems, seen = [], {}
+    for image in images:
+        stem = image.stem
+        target = (out / "labels" / f"{stem}.png").resolve()
+        if (stem in ("", ".", "..") or os.sep in stem or (os.altsep and os.altsep in stem)
+                or target.parent != (out / "labels").resolve()):
+            raise InputError(f"image {image}: its name would write outside {out}; rename the file")
+        if stem in seen:
+            raise InputError(f"images {seen[stem]} and {image} share the name {stem!r}, so their outputs would "
+                             "overwrite each other; predict them into different --out folders")
+        seen[stem] = image
+        stems.append(stem)
+    return stems
+
+
+def run(args: argparse.Namespace) -> None:
+    from excel.evaluation.predictor import Predictor
+
+    out = Path(args.out)
+    images = collect_images(args.inputs)
+    stems = output_stems(images, out)
+    for image in images:                       # every input decodes before anything is written
+        read_image(image)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.overrides, device=None)
+    for path, stem in zip(images, stems):
+        image = read_image(path)
+        result = predictor.predict(image)
+        write_mask(out / "labels" / f"{stem}.png", result.labels)
+        write_image(out / "overlays" / f"{stem}.png", legend_overlay(image, result.labels, result.class_names))
+        print(f"{path}: {', '.join(result.present())}")
+    print(f"wrote {len(images)} predictions to {out}/labels and {out}/overlays")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Segment images with a trained ExCEL head.")
+    parser.add_argument("items", nargs="+", metavar="IMAGE_OR_FOLDER | section.key=value",
+                        help="images, folders of images, and config overrides")
+    parser.add_argument("--checkpoint", required=True, help="trained head checkpoint (.pth)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", help="config (default: the one stored in the checkpoint)")
+    args = parser.parse_intermixed_args(argv)
+    is_override = [bool(OVERRIDE.match(item)) and not os.path.exists(item) for item in args.items]
+    args.overrides = [item for item, flag in zip(args.items, is_override) if flag]
+    args.inputs = [item for item, flag in zip(args.items, is_override) if not flag]
+    setup_logging()
+    try:
+        run(args)
+    except (*USER_ERRORS, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
