@@ -58,19 +58,6 @@ def config_parser(description: str, default_config: str | os.PathLike) -> argpar
     return parser
 
 
-def segmentation_main(default_config: str | os.PathLike, argv: Sequence[str] | None = None) -> None:
-    """The command line of tools/infer_seg_*.py: --checkpoint, --split, --out and the config arguments."""
-    from excel.evaluation.segment import run_segmentation
-
-    parser = config_parser("Segment a split with a trained ExCEL head (multi-scale + flip, optional DenseCRF, "
-                           "mIoU tables).", default_config)
-    parser.add_argument("--checkpoint", required=True, help="trained head checkpoint (.pth)")
-    parser.add_argument("--split", default="val",
-                        help="split list to segment (default: val); names starting with 'test' are not scored")
-    parser.add_argument("--out", help="output folder (default: <work_dir>/segment_<split>_<checkpoint name>)")
-    run_with_config(parser, lambda cfg, args: run_segmentation(cfg, args.checkpoint, args.split, args.out), argv)
-
-
 def _free_space(folder: Path) -> str:
     """'N MiB free' on the file system of ``folder`` (or of its nearest existing parent)."""
     folder = folder.resolve()

@@ -9,14 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from excel.cli import config_parser, run_with_config
-from excel.engine.trainer import train
+from excel.apps.pipeline import train_main
 
 
 def main(argv=None) -> None:
-    parser = config_parser("Train ExCEL on MS COCO 2014.", ROOT / "configs" / "coco.yaml")
-    parser.add_argument("--resume", help="checkpoint to continue from (exactly where it stopped)")
-    run_with_config(parser, lambda cfg, args: train(cfg, args.resume), argv)
+    train_main(argv, ROOT / "configs" / "coco.yaml")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from excel.builders import build_model
-from excel.cli import segmentation_main
+from excel.apps.pipeline import infer_seg_main
 from excel.config import load_config
 from excel.data.layout import find_mask
 from excel.data.transforms import normalize
@@ -307,8 +307,7 @@ def test_cli_reports_wrong_class_count(voc, tmp_path, capsys):
     coco_like = {"head": {}, "num_classes": 80}
     save_checkpoint(tmp_path / "coco.pth", coco_like)
     with pytest.raises(SystemExit) as exit_info:
-        segmentation_main("configs/voc.yaml", ["--checkpoint", str(tmp_path / "coco.pth"), "--out",
-                                              str(tmp_path / "out"), *overrides])
+        infer_seg_main(["--checkpoint", str(tmp_path / "coco.pth"), "--out", str(tmp_path / "out"), *overrides])
     assert exit_info.value.code == 1
     assert "coco.pth was trained for 80 classes but dataset.num_classes=20" in capsys.readouterr().err
 

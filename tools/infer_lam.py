@@ -12,15 +12,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from excel.cli import config_parser, run_with_config
-from excel.evaluation.infer_lam import run_pseudo_labels
+from excel.apps.pipeline import infer_lam_main
 
 
 def main(argv=None) -> None:
-    parser = config_parser("Make ExCEL pseudo labels for a split and score them.", ROOT / "configs" / "voc.yaml")
-    parser.add_argument("--checkpoint", help="trained head checkpoint (default: training-free)")
-    parser.add_argument("--out", help="output folder (default: <work_dir>/pseudo_labels_<split>)")
-    run_with_config(parser, lambda cfg, args: run_pseudo_labels(cfg, args.checkpoint, args.out), argv)
+    infer_lam_main(argv, ROOT / "configs" / "voc.yaml")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from excel.cli import segmentation_main
+from excel.apps.pipeline import infer_seg_main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "coco.yaml"
 
 
 def main(argv=None) -> None:
-    segmentation_main(CONFIG, argv)
+    infer_seg_main(argv, CONFIG)
 
 
 if __name__ == "__main__":
