@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from omegaconf import DictConfig
 
@@ -25,6 +25,8 @@ from excel.modeling.description_file import DescriptionError
 from excel.modeling.text_enrichment import KnowledgeBankError
 from excel.utils.logging import setup_logging
 from excel.utils.parent_watch import exit_with_parent
+
+T = TypeVar("T")
 
 USER_ERRORS = (ConfigError, CheckpointError, CLIPLoadError, DatasetError, DescriptionError, KnowledgeBankError,
                FileNotFoundError)
@@ -87,24 +89,19 @@ def describe_system_error(err: BaseException, out_dir: Path) -> str | None:
     return None
 
 
-def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, argparse.Namespace], object],
-                    argv: Sequence[str] | None = None) -> None:
-    """Parse (options and overrides in any order), load the config, run ``job(cfg, args)``.
+def run_command(job: Callable[[], T], out_dir: Callable[[], str | os.PathLike | None] = lambda: None,
+                user_errors: tuple[type[Exception], ...] = ()) -> T:
+    """``job()``, the one exit path of every entry point for what the user can fix.
 
-    User errors and file-system refusals end with one clear line on stderr and exit code 1 (130 for Ctrl-C).
+    A user error (:data:`USER_ERRORS` or ``user_errors``) or a file-system refusal ends with one
+    ``error:`` line on stderr and exit code 1, Ctrl-C with exit code 130; any other exception keeps its
+    traceback. ``out_dir()`` is the folder blamed for a refusal that names no path (default: the current one).
     """
-    args = parser.parse_intermixed_args(argv)
-    if TORCHRUN_VARIABLE in os.environ:
-        exit_with_parent()        # torchrun starts ranks in their own session: end them if the agent dies
-    setup_logging()
-    cfg = None
     try:
-        cfg = load_config(args.config, args.overrides)
-        job(cfg, args)
+        return job()
     except Exception as err:
-        out_dir = Path(getattr(args, "out", None) or (cfg.work_dir if cfg is not None else "."))
-        message = describe_system_error(err, out_dir)
-        if message is None and isinstance(err, USER_ERRORS):
+        message = describe_system_error(err, Path(out_dir() or "."))
+        if message is None and isinstance(err, (*USER_ERRORS, *user_errors)):
             message = str(err)
         if message is None:
             raise
@@ -113,3 +110,20 @@ def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, 
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def run_with_config(parser: argparse.ArgumentParser, job: Callable[[DictConfig, argparse.Namespace], object],
+                    argv: Sequence[str] | None = None) -> None:
+    """Parse (options and overrides in any order), load the config, run ``job(cfg, args)`` through
+    :func:`run_command` (the output folder is --out, else the config's work_dir)."""
+    args = parser.parse_intermixed_args(argv)
+    if TORCHRUN_VARIABLE in os.environ:
+        exit_with_parent()        # torchrun starts ranks in their own session: end them if the agent dies
+    setup_logging()
+    loaded: list[DictConfig] = []
+
+    def load_and_run() -> None:
+        loaded.append(load_config(args.config, args.overrides))
+        job(loaded[0], args)
+
+    run_command(load_and_run, lambda: getattr(args, "out", None) or (loaded[0].work_dir if loaded else None))

@@ -2,7 +2,8 @@
 
 Every key a run can set is declared in :data:`excel.config_schema.DEFAULTS`; a YAML file or an
 override that names any other key is rejected with the list of valid keys. A YAML file may start from another one with
-``_base_: other.yaml`` (resolved relative to the file).
+``_base_: other.yaml`` (resolved relative to the file). A path under configs/, prompts/ or assets/ (the
+config file's own included) is read from the package when the current folder lacks it (excel/resources.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from omegaconf.errors import (
 from excel.config_rules import ConfigError, check_device, check_value
 from excel.config_schema import DEFAULTS, RULES
 from excel.io import write_text
+from excel.resources import locate
 
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
@@ -84,7 +86,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults ← YAML file (with its `_base_` chain) ← `section.key=value` overrides, validated."""
-    return _finish(_read_yaml(Path(path)) if path is not None else {}, overrides)
+    return _finish(_read_yaml(locate(path)) if path is not None else {}, overrides)
 
 
 def load_config_text(text: str, source: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -111,10 +113,20 @@ def _finish(data: dict, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' cannot be parsed ({_first_line(err)}); check its brackets "
                               f"and quotes, e.g. '{key}=[a, b]'") from err
     check_rules(cfg)                # before the class file is read; the classes it sets are checked below
+    _locate_packaged_files(cfg)
     if cfg.dataset.class_file is not None:
         apply_class_file(cfg, Path(cfg.dataset.class_file))
     validate_config(cfg)
     return cfg
+
+
+def _locate_packaged_files(cfg: DictConfig) -> None:
+    """Point every value that names a packaged file (configs/..., prompts/..., assets/...) missing from the
+    current folder at the package's copy (:func:`excel.resources.locate`); other values stay as given."""
+    for key in _valid_keys(DEFAULTS):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and (found := locate(value)) != Path(value):
+            OmegaConf.update(cfg, key, str(found))
 
 
 def read_class_file(path: Path) -> tuple[list[str], list[str]]:

@@ -80,7 +80,7 @@ def _range_text(rule: Rule) -> str:
     return ""
 
 
-def _expected(rule: Rule) -> str:
+def accepted_values(rule: Rule) -> str:
     """What a rule accepts, in words: 'an integer >= 1', 'a list of 2 numbers > 0', 'one of a, b'."""
     if rule.pattern_text:
         text = rule.pattern_text
@@ -131,7 +131,8 @@ def _fits(value: Any, rule: Rule) -> bool:
     return rule.kind not in ("int", "float") or _in_range(value, rule)
 
 
-def _shown_default(default: Any) -> str:
+def shown_default(default: Any) -> str:
+    """A default as messages and docs show it: null, a long list cut after MAX_SHOWN_ITEMS entries."""
     if default is None:
         return "null"
     if isinstance(default, list) and len(default) > MAX_SHOWN_ITEMS:
@@ -145,7 +146,7 @@ def check_value(key: str, value: Any, rule: Rule, default: Any) -> None:
         return
     if value is None or not _fits(value, rule):
         shown = "null" if value is None else repr(value)
-        raise ConfigError(f"{key}={shown} is not valid: use {_expected(rule)} (default: {_shown_default(default)})")
+        raise ConfigError(f"{key}={shown} is not valid: use {accepted_values(rule)} (default: {shown_default(default)})")
 
 
 def check_device(name: str) -> None:

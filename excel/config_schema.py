@@ -1,6 +1,7 @@
-"""Every config key: its default (:data:`DEFAULTS`) and the values it accepts (:data:`RULES`).
+"""Every config key: its default (:data:`DEFAULTS`), the values it accepts (:data:`RULES`) and what it means
+(:data:`MEANINGS`).
 
-docs/options.md is generated from these two tables (tools/options_reference.py).
+docs/options.md is generated from these tables (tools/options_reference.py).
 """
 from __future__ import annotations
 
@@ -11,52 +12,51 @@ from excel.config_rules import Rule, float_rule, int_rule, list_rule, str_rule
 
 DEFAULTS: dict[str, Any] = {
     "dataset": {
-        "name": "voc",                      # voc | coco | custom
-        "root": None,                       # dataset folder (README layout)
-        "split_dir": None,                  # folder of <split>.txt lists; default <root>/splits
+        "name": "voc",
+        "root": None,
+        "split_dir": None,
         "train_split": "train_aug",
         "val_split": "val",
-        "split": "train",                   # the split an inference tool reads
-        "num_classes": 20,                  # foreground classes
-        "class_file": None,                 # custom datasets: one class a line, "name" or "name: prompt name"
-        "categories": list(VOC_CATEGORIES),       # plain names: tables, palettes, description keys
-        "class_names": list(VOC_CATEGORIES),      # prompt names given to the text encoder
+        "split": "train",
+        "num_classes": 20,
+        "class_file": None,
+        "categories": list(VOC_CATEGORIES),
+        "class_names": list(VOC_CATEGORIES),
         "background_names": [],
-        "normalize": "imagenet",            # imagenet | clip
+        "normalize": "imagenet",
     },
     "clip": {
-        "model": "ViT-B-16",                # open_clip model name
-        "pretrained": "openai",             # open_clip tag, or a local checkpoint file
-        "model_config": None,               # optional open_clip model-config JSON to register
-        "quick_gelu": True,                 # OpenAI weights were trained with QuickGELU
+        "model": "ViT-B-16",
+        "pretrained": "openai",
+        "model_config": None,
+        "quick_gelu": True,
         "templates": ["a clean origami {}."],
     },
     "tse": {
         "enabled": True,
-        "descriptions": None,               # JSON {category: [descriptions]}
+        "descriptions": None,
         "num_clusters": 112,
         "keep_ratio": 0.9,
         "kmeans_seed": 0,
-        "bank": None,                       # existing bank file used as is; else cached in cache_dir
+        "bank": None,
         "cache_dir": "work_dirs/cache",
     },
     "svc": {
         "enabled": True,
         "layers": 5,
-        "published_layer_records": True,    # adapter inputs as the published code's in-place updates leave them
-                                            # (the published numbers); false: the clean layer outputs
+        "published_layer_records": True,
     },
     "lvc": {
         "enabled": True,
         "start_iter": 14000,
-        "mean_weight": 1.0,                 # S - mean_weight * mean(S)
+        "mean_weight": 1.0,
         "scale": 3.0,
     },
     "cam": {
-        "box_threshold": 0.79,              # pseudo labels (infer_lam)
-        "val_box_threshold": 0.75,          # validation during training
+        "box_threshold": 0.79,
+        "val_box_threshold": 0.75,
         "affinity_layers": 6,
-        "input_size": 320,                  # evaluation resize of the normalised image
+        "input_size": 320,
     },
     "par": {
         "iters": 20,
@@ -87,11 +87,11 @@ DEFAULTS: dict[str, Any] = {
         "log_interval": 50,
         "aff_weight": 0.1,
         "aff_radius": 8,
-        "aff_switch_iter": 24000,           # from then on L_aff targets come from the decoder; null: never
-        "eval_max_images": None,            # cap the validation split (null: all)
-        "overwrite": False,                 # a new run may replace the checkpoints already in work_dir
-        "resume_allow_changes": False,      # --resume may change optim.*, max_iters, batch_size, seed
-        "retain_freed_memory": True,        # glibc keeps freed memory for the next iteration (utils/allocator.py)
+        "aff_switch_iter": 24000,
+        "eval_max_images": None,
+        "overwrite": False,
+        "resume_allow_changes": False,
+        "retain_freed_memory": True,
     },
     "optim": {
         "lr": 1.0e-3,
@@ -106,10 +106,10 @@ DEFAULTS: dict[str, Any] = {
         "resize": 320,
         "scales": [0.7, 1.0, 1.2, 1.5],
         "flip": True,
-        "flip_unit_scale": False,           # also flip at scale 1.0 (the published COCO evaluation does)
+        "flip_unit_scale": False,
         "save_overlays": False,
-        "logit_stride": 1,                  # logits kept for the CRF at 1/stride resolution (4 saves memory)
-        "skip_existing": False,             # keep images whose outputs exist (read back for the scores)
+        "logit_stride": 1,
+        "skip_existing": False,
     },
     "crf": {
         "enabled": True,
@@ -121,7 +121,7 @@ DEFAULTS: dict[str, Any] = {
         "bilateral_compat": 4,
         "workers": 2,
     },
-    "device": "auto",                       # auto | cpu | cuda | cuda:N
+    "device": "auto",
     "work_dir": "work_dirs/run",
 }
 
@@ -222,4 +222,96 @@ RULES: dict[str, Rule] = {
     "crf.workers": int_rule(0),
     "device": str_rule(pattern=r"auto|cpu|cuda(:\d+)?", pattern_text="auto, cpu, cuda or cuda:N"),
     "work_dir": str_rule(),
+}
+
+# Every key of DEFAULTS → what it means, one line (docs/options.md; tests keep it in step with DEFAULTS).
+MEANINGS: dict[str, str] = {
+    "dataset.name": "dataset layout: voc, coco or custom (a VOC-style folder with a class file)",
+    "dataset.root": "dataset folder (README, Data)",
+    "dataset.split_dir": "folder of the `<split>.txt` lists and `labels.json`; null: `<root>/splits`",
+    "dataset.train_split": "split list the trainer reads",
+    "dataset.val_split": "split list of the validations during training",
+    "dataset.split": "split list the pseudo-label tool reads",
+    "dataset.num_classes": "number of foreground classes C (class indices 1..C; 0 background, 255 ignore)",
+    "dataset.class_file": "custom datasets: a file with one class a line, `name` or `name: prompt words`",
+    "dataset.categories": "class names in index order: score tables, legends, description-file keys",
+    "dataset.class_names": "prompt names of the classes given to the text encoder (may differ from categories)",
+    "dataset.background_names": "prompt names of background classes that enter the text matrix",
+    "dataset.normalize": "image normalisation: imagenet (the published quirk) or clip statistics",
+    "clip.model": "open_clip model name",
+    "clip.pretrained": "open_clip pretrained tag, or a local weights file",
+    "clip.model_config": "open_clip model-config JSON to register (its file stem becomes the model name)",
+    "clip.quick_gelu": "QuickGELU activations (OpenAI's weights were trained with them)",
+    "clip.templates": "prompt templates, `{}` taking the class name; the embeddings are averaged",
+    "tse.enabled": "Text Semantic Enrichment: attribute centres added to the class embeddings (method §3)",
+    "tse.descriptions": "attribute-description file, JSON {category: [descriptions]}",
+    "tse.num_clusters": "K, the number of attribute centres (k-means over all descriptions)",
+    "tse.keep_ratio": "share of the centres mixed into a class's embedding (the least similar ones are dropped)",
+    "tse.kmeans_seed": "seed of the k-means clustering",
+    "tse.bank": "bank file used as is when it exists; where a built bank is written when it does not",
+    "tse.cache_dir": "folder of the banks that runs build and cache (when tse.bank is null)",
+    "svc.enabled": "Static Visual Calibration of the last blocks' attention (method §2)",
+    "svc.layers": "number of calibrated last blocks",
+    "svc.published_layer_records": "adapter inputs as the published code's in-place updates leave them; false: clean outputs",
+    "lvc.enabled": "Learnable Visual Calibration: dynamic CAMs from the adapter features (method §7)",
+    "lvc.start_iter": "first training iteration whose pseudo labels come from dynamic CAMs",
+    "lvc.mean_weight": "weight of the mean subtracted from the LVC similarities: S − w·mean(S)",
+    "lvc.scale": "scale of the LVC shift",
+    "cam.box_threshold": "class-box threshold of the pseudo labels (pseudo-label tool)",
+    "cam.val_box_threshold": "class-box threshold of the pseudo labels in validations during training",
+    "cam.affinity_layers": "number of last blocks whose attention forms the affinity",
+    "cam.input_size": "side of the square input the CAMs of one image are computed at",
+    "par.iters": "iterations of pixel-adaptive refinement (method §5)",
+    "par.dilations": "neighbour dilations of PAR",
+    "par.color_temperature": "temperature of PAR's colour kernel",
+    "par.position_temperature": "temperature of PAR's position kernel",
+    "par.position_weight": "weight of PAR's position kernel",
+    "head.adapter_dim": "channels of the adapter's fused features F",
+    "head.adapter_hidden": "hidden width of the adapter's per-layer MLPs",
+    "head.dropout": "dropout in the adapter and decoder",
+    "head.decoder_layers": "transformer decoder layers",
+    "head.decoder_heads": "attention heads of each decoder layer",
+    "head.decoder_mlp_ratio": "MLP width of a decoder layer, as a multiple of its width",
+    "head.affinity_scale": "scale of the decoder affinity Â",
+    "train.max_iters": "training iterations",
+    "train.batch_size": "images per iteration (per process)",
+    "train.seed": "seed of the data order, augmentation and initialisation",
+    "train.amp": "mixed precision (autocast) on a GPU",
+    "train.crop_size": "side of the square training crop",
+    "train.scale_range": "random rescale range [low, high] of the training augmentation",
+    "train.max_class_ratio": "a crop where one class covers this share of the labelled pixels is drawn again",
+    "train.num_workers": "data-loader worker processes",
+    "train.eval_interval": "iterations between validations (and checkpoints)",
+    "train.log_interval": "iterations between log lines",
+    "train.aff_weight": "weight of L_aff in the loss",
+    "train.aff_radius": "radius of the pixel pairs in L_aff",
+    "train.aff_switch_iter": "iteration from which L_aff's targets come from the decoder; null: never",
+    "train.eval_max_images": "cap on the validation images (null: the whole split)",
+    "train.overwrite": "a new run may replace the checkpoints already in work_dir",
+    "train.resume_allow_changes": "--resume may change optim.*, max_iters, batch_size and seed",
+    "train.retain_freed_memory": "the C allocator keeps freed memory for the next iteration (no page faults)",
+    "optim.lr": "AdamW learning rate",
+    "optim.weight_decay": "AdamW weight decay",
+    "optim.betas": "AdamW betas",
+    "optim.eps": "AdamW epsilon",
+    "optim.warmup_iters": "iterations of linear learning-rate warm-up",
+    "optim.warmup_ratio": "learning-rate factor at the start of the warm-up",
+    "optim.power": "power of the polynomial decay after the warm-up",
+    "infer.resize": "side of the square network input at scale 1",
+    "infer.scales": "scales of multi-scale inference",
+    "infer.flip": "average with the horizontally flipped image",
+    "infer.flip_unit_scale": "flip at scale 1.0 too (the published COCO evaluation does; VOC does not)",
+    "infer.save_overlays": "also write overlays of the predictions (CAMs for pseudo labels)",
+    "infer.logit_stride": "the CRF receives logits at 1/stride resolution (4 saves memory on large splits)",
+    "infer.skip_existing": "images whose outputs exist are read back for the scores instead of computed",
+    "crf.enabled": "DenseCRF after the decoder's multi-scale logits (method §10)",
+    "crf.iters": "mean-field iterations of the CRF",
+    "crf.gaussian_sxy": "spatial scale of the smoothness kernel",
+    "crf.gaussian_compat": "weight of the smoothness kernel",
+    "crf.bilateral_sxy": "spatial scale of the appearance kernel",
+    "crf.bilateral_srgb": "colour scale of the appearance kernel",
+    "crf.bilateral_compat": "weight of the appearance kernel",
+    "crf.workers": "CRF worker processes (0: in the inference process)",
+    "device": "auto (a GPU when one is visible), cpu, cuda or cuda:N",
+    "work_dir": "output folder of a run",
 }

@@ -1,4 +1,4 @@
-"""Every config key has a rule; bad values fail at load with one line naming key, value and what to use."""
+"""Every config key has a rule and a meaning; bad values fail at load with one line naming key, value and what to use."""
 from pathlib import Path
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from excel.config import ConfigError, load_config
-from excel.config_schema import DEFAULTS, RULES
+from excel.config_schema import DEFAULTS, MEANINGS, RULES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -21,6 +21,8 @@ def test_every_default_key_has_a_rule_and_every_rule_a_key():
     keys = set(dotted_keys(DEFAULTS))
     assert keys - set(RULES) == set(), "give these DEFAULTS keys a rule in excel.config_schema.RULES"
     assert set(RULES) - keys == set(), "these rules name keys that DEFAULTS does not have"
+    assert keys - set(MEANINGS) == set(), "say what these DEFAULTS keys mean in excel.config_schema.MEANINGS"
+    assert set(MEANINGS) - keys == set(), "these meanings name keys that DEFAULTS does not have"
 
 
 @pytest.mark.parametrize("name", ["voc.yaml", "coco.yaml", "voc_no_tse.yaml", "voc_no_svc.yaml",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from excel.apps.gallery import GalleryError, image_iou, load_gallery
 from excel.apps.gallery_render import CAPTION_HEIGHT, CELL_GAP, HEADER_HEIGHT, render
+from excel.apps.gallery_rows import GalleryError, image_iou, load_gallery
 from excel.config import load_config, save_config
 from excel.io import read_image, write_image, write_mask
 
@@ -81,7 +81,7 @@ def test_rows_sorted_worst_first_with_checked_ious(lam_folder):
     for row in gallery.rows[:3]:
         assert row.iou == pytest.approx(expected[row.image_id], abs=1e-12)
     assert gallery.rows[-1].iou is None and gallery.has_cams and gallery.total == 4
-    assert gallery.kind == "pseudo label" and gallery.class_names == ["background", *CLASSES]
+    assert gallery.kind == "pseudo label" and gallery.label_names == ["background", *CLASSES]
     assert [r.image_id for r in load_gallery(out, limit=2).rows] == [r.image_id for r in gallery.rows[:2]]
 
 

@@ -123,6 +123,14 @@ def prompt_file(tmp_path):
     return path
 
 
+def error_of(call, capsys) -> str:
+    """The one stderr line a failing command ends with (exit code 1)."""
+    with pytest.raises(SystemExit) as info:
+        call()
+    assert info.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def run_tool(server, prompt_file, out, classes="cat,dog", *extra):
     base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     return tool.main(["--classes", classes, "--out", str(out), "--n", str(N), "--prompt", str(prompt_file),
@@ -216,43 +224,42 @@ def test_resume_skips_complete_classes(start_server, prompt_file, tmp_path):
     assert len(server.requests) == 1
 
 
-def test_output_is_saved_after_each_class(start_server, prompt_file, tmp_path):
+def test_output_is_saved_after_each_class(start_server, prompt_file, tmp_path, capsys):
     server = start_server(["ok", "500", "500", "500", "500"])
     out = tmp_path / "out.json"
-    with pytest.raises(SystemExit, match="class 'dog': gave up after 4 attempts.*HTTP 500"):
-        run_tool(server, prompt_file, out)
+    assert re.match(r"error: class 'dog': gave up after 4 attempts.*HTTP 500",
+                    error_of(lambda: run_tool(server, prompt_file, out), capsys))
     assert len(server.requests) == 5
     assert json.loads(out.read_text(encoding="utf-8")) == {"cat": expected_descriptions("cat")}
 
 
-def test_client_error_is_not_retried(start_server, prompt_file, tmp_path):
+def test_client_error_is_not_retried(start_server, prompt_file, tmp_path, capsys):
     server = start_server(["401"])
     out = tmp_path / "out.json"
-    with pytest.raises(SystemExit, match="HTTP 401.*OPENAI_API_KEY"):
-        run_tool(server, prompt_file, out, "cat")
+    assert re.match(r"error: .*HTTP 401.*OPENAI_API_KEY", error_of(lambda: run_tool(server, prompt_file, out, "cat"), capsys))
     assert len(server.requests) == 1
     assert not out.exists()
 
 
-def test_missing_api_key_stops_before_any_request(start_server, prompt_file, tmp_path):
+def test_missing_api_key_stops_before_any_request(start_server, prompt_file, tmp_path, capsys):
     server = start_server()
     out = tmp_path / "out.json"
     base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    with pytest.raises(SystemExit) as error:
-        tool.main(["--dataset", "voc", "--out", str(out), "--prompt", str(prompt_file), "--base-url", base_url])
-    assert "OPENAI_API_KEY" in str(error.value) and "--api-key" in str(error.value)
+    line = error_of(lambda: tool.main(["--dataset", "voc", "--out", str(out), "--prompt", str(prompt_file),
+                                       "--base-url", base_url]), capsys)
+    assert line.startswith("error: ") and "OPENAI_API_KEY" in line and "--api-key" in line
     assert server.requests == [] and not out.exists()
 
 
-def test_unreachable_endpoint_gives_clear_error(start_server, prompt_file, tmp_path):
+def test_unreachable_endpoint_gives_clear_error(start_server, prompt_file, tmp_path, capsys):
     server = start_server()
     port = server.server_address[1]
     server.shutdown()
     server.server_close()
-    with pytest.raises(SystemExit, match="cannot reach .*OPENAI_BASE_URL"):
-        tool.main(["--classes", "cat", "--out", str(tmp_path / "out.json"), "--prompt", str(prompt_file),
-                   "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "secret",
-                   "--max-retries", "1", "--retry-delay", "0", "--timeout", "1"])
+    line = error_of(lambda: tool.main(["--classes", "cat", "--out", str(tmp_path / "out.json"), "--prompt",
+                                       str(prompt_file), "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key",
+                                       "secret", "--max-retries", "1", "--retry-delay", "0", "--timeout", "1"]), capsys)
+    assert re.match(r"error: .*cannot reach .*OPENAI_BASE_URL", line)
 
 
 def test_class_file_and_dataset_lists(tmp_path):
@@ -296,8 +303,11 @@ def test_ctrl_c_keeps_finished_classes_and_says_how_to_resume(start_server, prom
         return real_request(endpoint, prompt)
 
     monkeypatch.setattr(tool, "request_completion", interrupt_on_dog)
-    assert run_tool(server, prompt_file, out) == 130
-    assert "interrupted; the classes finished so far are saved in" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_tool(server, prompt_file, out)
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the classes finished so far are saved in" in err and "error: interrupted (Ctrl-C)" in err
     assert list(load_descriptions(out, ["cat"], per_class=N)) == ["cat"]
 
 

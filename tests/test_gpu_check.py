@@ -1,5 +1,6 @@
 """tools/gpu_check.sh and tools/gpu_check.py on the CPU: the commands the script runs, and the timed synthetic
 training run with the benchmark rows joined into one table (tiny CLIP, a few iterations)."""
+import json
 import subprocess
 from pathlib import Path
 
@@ -32,13 +33,13 @@ def test_gpu_check_cpu_run_gives_one_table(tiny_clip_files, tmp_path):
     threads = torch.get_num_threads()
     try:
         benchmark.main(["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "40", "56",
-                                      "--out", str(tmp_path / "benchmark"), *overrides])
-        rows = gpu_check.main(["--device", "cpu", "--iters", "4", "--lvc-start", "2", "--images", "4",
-                                             "--out", str(tmp_path / "check"), "--benchmark",
-                                             str(tmp_path / "benchmark" / "benchmark_cpu.json"), *overrides])
+                        "--out", str(tmp_path / "benchmark"), *overrides])
+        gpu_check.main(["--device", "cpu", "--iters", "4", "--lvc-start", "2", "--images", "4",
+                        "--out", str(tmp_path / "check"), "--benchmark",
+                        str(tmp_path / "benchmark" / "benchmark_cpu.json"), *overrides])
     finally:
         torch.set_num_threads(threads)
-    rows = {row["row"]: row for row in rows}
+    rows = {row["row"]: row for row in json.loads((tmp_path / "check" / "gpu_check.json").read_text())}
     assert {"training run: static iteration", "training run: dynamic iteration", "training run: frozen forward",
             "benchmark: static_iteration", "benchmark: par"} <= rows.keys()
     forward = rows["training run: frozen forward"]["seconds"]

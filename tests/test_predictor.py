@@ -39,7 +39,7 @@ def reference_probabilities(predictor, image: np.ndarray) -> np.ndarray:
 
 
 def test_config_and_head_come_from_the_checkpoint(predictor, demo_run):
-    assert predictor.class_names == ["background", "disc", "square", "triangle", "star", "ring"]
+    assert predictor.label_names == ["background", "disc", "square", "triangle", "star", "ring"]
     assert predictor.cfg.infer.resize == 160 and predictor.cfg.dataset.root == str(demo_run.root)
     stored = load_checkpoint(demo_run.checkpoint)["head"]
     for name, value in predictor.model.head.state_dict().items():
@@ -82,7 +82,7 @@ def test_checkpoint_without_config_needs_one(demo_run, tmp_path):
         Predictor.from_checkpoint(tmp_path / "bare.pth", device="cpu")
     overrides = [f"dataset.root={demo_run.root}", f"tse.cache_dir={demo_run.cache}"]
     given = Predictor.from_checkpoint(tmp_path / "bare.pth", ROOT / "configs" / "demo.yaml", overrides, device="cpu")
-    assert given.class_names[1:] == ["disc", "square", "triangle", "star", "ring"]
+    assert given.label_names[1:] == ["disc", "square", "triangle", "star", "ring"]
 
 
 def run_predict(*args: str) -> subprocess.CompletedProcess:

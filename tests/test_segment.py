@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from excel.builders import build_model
 from excel.apps.pipeline import infer_seg_main
+from excel.builders import build_model
 from excel.config import load_config
 from excel.data.layout import find_mask
 from excel.data.transforms import normalize

@@ -4,11 +4,10 @@
     python tools/generate_descriptions.py --classes "cat,dog" --out work_dirs/pets.json \\
         --base-url http://localhost:8000/v1 --model my-model
 
-Options, retries, resuming and limits: excel/prep/description_generation.py (or --help).
+Options, retries, resuming and limits: excel/prep/description_generation.py (or --help); also installed as
+``excel-generate-descriptions``.
 """
-import sys
-
 from excel.prep.description_generation import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

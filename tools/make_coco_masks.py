@@ -21,6 +21,7 @@ import argparse
 import os
 from pathlib import Path
 
+from excel.cli import run_command
 from excel.prep.coco_masks import write_coco_masks
 
 
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    count = write_coco_masks(args.annotations, args.out, args.crowd, args.workers)
+    count = run_command(lambda: write_coco_masks(args.annotations, args.out, args.crowd, args.workers),
+                        lambda: args.out)
     print(f"wrote {count} masks to {args.out}")
 
 

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from excel.classes import VOC_CATEGORIES
+from excel.cli import run_command
 from excel.data.layout import default_split_dir
 from excel.prep.splits import make_coco_splits, make_voc_splits
 
@@ -51,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out_dir = args.out or default_split_dir(args.root)
+    run_command(lambda: make_splits(args, out_dir), lambda: out_dir)
+
+
+def make_splits(args: argparse.Namespace, out_dir: Path) -> None:
     if args.dataset == "coco":
         splits = make_coco_splits(args.root, out_dir, args.num_classes or 80,
                                   args.val_subset_size, args.seed, args.workers)

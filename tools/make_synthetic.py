@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from excel.cli import run_command
 from excel.prep.synthetic import CLASS_NAMES
 from excel.prep.synthetic_dataset import write_synthetic_dataset
 
@@ -28,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    splits = write_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed,
-                                     args.min_size, args.max_size, args.ignore_band)
+    splits = run_command(lambda: write_synthetic_dataset(args.root, args.num_train, args.num_val, args.seed,
+                                                         args.min_size, args.max_size, args.ignore_band),
+                         lambda: args.root)
     sizes = ", ".join(f"{split} {len(ids)}" for split, ids in splits.items())
     print(f"wrote {sizes} images of classes {', '.join(CLASS_NAMES)} to {args.root}")
 

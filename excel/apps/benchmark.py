@@ -29,21 +29,16 @@ import argparse
 import json
 import os
 import platform
-import resource
-import statistics
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/
-
+from excel.apps.benchmark_clock import ForwardClock, InnerForwards, Stage, inner_stages, run_rounds, summarise
 from excel.builders import build_model, build_par
-from excel.cli import USER_ERRORS
+from excel.cli import run_command
 from excel.config import as_list, load_config
 from excel.data.transforms import normalize
 from excel.engine.schedule import build_optimizer, build_scheduler
@@ -63,87 +58,6 @@ STATIC_ITERATION, DYNAMIC_ITERATION = "static_iteration", "dynamic_iteration"
 # Upper limits of the ratios (each stage to its reference).
 TARGETS = {STATIC_ITERATION: 1.3, DYNAMIC_ITERATION: 1.3, "training_free_label": 1.5, "par": 0.1,
            MULTISCALE: 1.05}
-
-
-@dataclass
-class Stage:
-    """A timed callable: ``setup`` (untimed) makes its argument, ``run`` is what the clock measures."""
-
-    name: str
-    description: str
-    reference: str
-    run: Callable[[Any], Any]
-    setup: Callable[[], Any] = lambda: None
-    times: list[float] = field(default_factory=list)
-    peak_bytes: int = 0
-    inner: InnerForwards | None = None
-
-
-@dataclass
-class InnerForwards:
-    """The forwards inside a stage's timed calls, reported as a stage of their own (``name``)."""
-
-    name: str
-    description: str
-    reference: str
-    clock: ForwardClock
-
-
-class MemoryProbe:
-    """Peak memory of one stage: the CUDA allocator's peak, or the process's peak resident size (Linux
-    VmHWM, reset before each stage; elsewhere the lifetime peak)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-    def peak_bytes(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        scale = 1 if platform.system() == "Darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-class ForwardClock:
-    """Wraps a forward function and adds up the seconds spent inside it, one total per :meth:`measure` call."""
-
-    def __init__(self, forward: Callable[..., Any], device: torch.device):
-        self.forward, self.device = forward, device
-        self.totals: list[float] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        _synchronize(self.device)
-        start = time.perf_counter()
-        out = self.forward(*args, **kwargs)
-        _synchronize(self.device)
-        self.totals[-1] += time.perf_counter() - start
-        return out
-
-    def measure(self, run: Callable[[], Any]) -> Any:
-        self.totals.append(0.0)
-        return run()
-
-    def measure_module(self, module: torch.nn.Module, run: Callable[[], Any]) -> Any:
-        """:meth:`measure` with ``module``'s forward timed by this clock (``forward`` is its own method)."""
-        module.forward = self
-        try:
-            return self.measure(run)
-        finally:
-            del module.forward
 
 
 def synthetic_image(batch: int, height: int, width: int, normalization: str, generator: torch.Generator) -> torch.Tensor:
@@ -252,64 +166,6 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
     ]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_stage(stage: Stage, device: torch.device, memory: MemoryProbe) -> float:
-    """Seconds one call of the stage takes (its setup excluded); records the stage's peak memory."""
-    argument = stage.setup()
-    _synchronize(device)
-    memory.reset()
-    start = time.perf_counter()
-    stage.run(argument)
-    _synchronize(device)
-    elapsed = time.perf_counter() - start
-    stage.peak_bytes = max(stage.peak_bytes, memory.peak_bytes())
-    return elapsed
-
-
-def inner_stages(stages: Sequence[Stage], warmup: int) -> list[Stage]:
-    """The forwards timed inside the stages' calls, each as a stage of its own (warm-up rounds dropped)."""
-    return [Stage(s.inner.name, s.inner.description, s.inner.reference, run=lambda _: None,
-                  times=s.inner.clock.totals[warmup:], peak_bytes=s.peak_bytes)
-            for s in stages if s.inner is not None]
-
-
-def run_rounds(stages: Sequence[Stage], device: torch.device, repeats: int, warmup: int) -> None:
-    """``warmup`` + ``repeats`` rounds, each timing every stage once; keeps the times after the warm-up."""
-    memory = MemoryProbe(device)
-    for round_index in range(warmup + repeats):
-        elapsed = {stage.name: time_stage(stage, device, memory) for stage in stages}
-        if round_index >= warmup:
-            for stage in stages:
-                stage.times.append(elapsed[stage.name])
-        print(f"round {round_index + 1}/{warmup + repeats}{' (warm-up)' if round_index < warmup else ''}: "
-              + ", ".join(f"{name} {seconds:.3f}s" for name, seconds in elapsed.items()), flush=True)
-
-
-def summarise(stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
-    """Median and minimum seconds, ratio to the reference forward and peak memory of every stage.
-
-    The ratio is the median over rounds of (stage time / reference forward time of the same round), so
-    that a slow round, e.g. from other work on the machine, counts for both sides of the ratio.
-    """
-    times = {stage.name: stage.times for stage in stages}
-    return {
-        stage.name: {
-            "description": stage.description,
-            "reference": stage.reference,
-            "median_s": statistics.median(stage.times),
-            "min_s": min(stage.times),
-            "ratio": statistics.median(t / ref for t, ref in zip(stage.times, times[stage.reference])),
-            "times_s": stage.times,
-            "peak_memory_mib": stage.peak_bytes / 2**20,
-        }
-        for stage in stages
-    }
-
-
 def check_targets(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: {"limit": limit, "reference": results[name]["reference"], "ratio": results[name]["ratio"],
                    "met": results[name]["ratio"] <= limit}
@@ -387,9 +243,10 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line of ``excel-benchmark`` and tools/benchmark.py."""
     parser = argparse.ArgumentParser(description="Time every stage of ExCEL training and inference.")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "voc.yaml"), help="YAML config (default: voc)")
+    parser.add_argument("--config", default="configs/voc.yaml", help="YAML config (default: configs/voc.yaml)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
@@ -403,10 +260,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         parser.error("--repeats, --threads and --label-size must be positive and --warmup non-negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
-    try:
+
+    def run() -> None:
         cfg = load_config(args.config, [*RANDOM_WEIGHTS, f"device={args.device}", *args.overrides])
-        return benchmark(cfg, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
-                         label_size=tuple(args.label_size), out_dir=args.out)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        benchmark(cfg, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+                  label_size=tuple(args.label_size), out_dir=args.out)
+
+    run_command(run, lambda: args.out)

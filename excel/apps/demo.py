@@ -11,9 +11,13 @@ its own (data/synthetic_quick, work_dirs/demo_quick) unless --root / --work-dir 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+
+# On a shared CPU, OpenMP threads that busy-wait for each other burn several times the useful work;
+# let them sleep instead (effective when this module is the first to load torch: its commands).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
 import time
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from excel.builders import build_dataset, build_model, build_par
-from excel.cli import USER_ERRORS
+from excel.cli import run_command
 from excel.config import load_config
 from excel.data.transforms import EvalTransform
 from excel.engine.trainer import train
@@ -34,8 +38,6 @@ from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, scores
 from excel.modeling.checkpoint import load_head_weights
 from excel.prep.synthetic_dataset import read_scene_stamp, scene_stamp, write_synthetic_dataset
-
-ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/ and assets/
 
 QUICK = ["train.max_iters=6", "train.eval_interval=6", "train.log_interval=3", "lvc.start_iter=3",
          "train.aff_switch_iter=4", "train.batch_size=2", "train.num_workers=0", "crf.workers=0",
@@ -139,9 +141,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line of tools/demo.py."""
+    """The command line of ``excel-demo`` and tools/demo.py (folders relative to the current one)."""
     parser = argparse.ArgumentParser(description="Run the ExCEL demo on synthetic shapes with the tiny CLIP.")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default="configs/demo.yaml", help="YAML config (default: configs/demo.yaml)")
     parser.add_argument("--root", help="synthetic dataset folder (default: data/synthetic, with --quick "
                                        "data/synthetic_quick)")
     parser.add_argument("--work-dir", help="output folder (default: work_dirs/demo, with --quick work_dirs/demo_quick)")
@@ -154,12 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_intermixed_args(argv)
     suffix = "_quick" if args.quick else ""
-    args.root = args.root or str(ROOT / "data" / f"synthetic{suffix}")
-    args.work_dir = args.work_dir or str(ROOT / "work_dirs" / f"demo{suffix}")
+    args.root = args.root or f"data/synthetic{suffix}"
+    args.work_dir = args.work_dir or f"work_dirs/demo{suffix}"
     if args.quick:
         args.num_train, args.num_val = min(args.num_train, 8), min(args.num_val, 4)
-    try:
-        run_demo(args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_command(lambda: run_demo(args), lambda: args.work_dir)

@@ -1,4 +1,4 @@
-"""Render a :class:`~excel.apps.gallery.Gallery`: a self-contained HTML page and a PNG contact sheet.
+"""Render a :class:`~excel.apps.gallery_rows.Gallery`: a self-contained HTML page and a PNG contact sheet.
 
 The page embeds every picture as a base64 data URI and carries its style and its class filter (a
 select and a few lines of inline script) itself: it needs no network and no other file. Each table
@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from excel.apps.gallery import Gallery, GalleryRow, RowPictures, row_pictures
+from excel.apps.gallery_rows import Gallery, GalleryRow, RowPictures, row_pictures
 from excel.io import voc_palette, write_image, write_text
 from excel.utils.visualize import colorize
 
@@ -78,7 +78,7 @@ def iou_text(row: GalleryRow) -> str:
 
 
 def html_row(gallery: Gallery, row: GalleryRow, cells: list[tuple[np.ndarray | None, bool]]) -> str:
-    names = ", ".join(gallery.class_names[c] if c < len(gallery.class_names) else str(c) for c in row.classes)
+    names = ", ".join(gallery.label_names[c] if c < len(gallery.label_names) else str(c) for c in row.classes)
     parts = [f'<tr data-classes="{" ".join(map(str, row.classes))}" data-iou="{iou_text(row)}">',
              f'<td class="id">{html.escape(row.image_id)}<br><small>{html.escape(names)}</small></td>']
     for picture, lossless in cells:
@@ -92,10 +92,10 @@ def html_row(gallery: Gallery, row: GalleryRow, cells: list[tuple[np.ndarray | N
 def page(gallery: Gallery, rows_html: list[str]) -> str:
     """The whole HTML document."""
     palette = voc_palette()
-    shown = sorted({c for row in gallery.rows for c in row.classes if c < len(gallery.class_names)})
-    options = "".join(f'<option value="{c}">{html.escape(gallery.class_names[c])}</option>' for c in shown)
+    shown = sorted({c for row in gallery.rows for c in row.classes if c < len(gallery.label_names)})
+    options = "".join(f'<option value="{c}">{html.escape(gallery.label_names[c])}</option>' for c in shown)
     legend = "".join(f'<span class="swatch" style="background:rgb({",".join(map(str, palette[c]))})"></span>'
-                     f'{html.escape(gallery.class_names[c])}' for c in shown)
+                     f'{html.escape(gallery.label_names[c])}' for c in shown)
     heads = "".join(f"<th>{html.escape(t)}</th>" for t in ["id", *column_titles(gallery), "IoU (%)"])
     title = html.escape(f"{gallery.kind} gallery: {gallery.folder}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

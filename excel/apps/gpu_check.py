@@ -8,7 +8,8 @@ Writes a synthetic dataset (excel/prep/synthetic.py) under ``DIR/data``, trains 
 with the dynamic phase from ``--lvc-start``, times every iteration and the frozen forward of a
 training batch, and prints one Markdown table: static and dynamic iteration time (median after
 ``WARMUP_ITERS`` iterations of each phase), ratio to the forward and peak memory, with the rows of the
-benchmark report when one is given. The table is also written to ``DIR/gpu_check.md``.
+benchmark report when one is given. The table is also written to ``DIR/gpu_check.md``, its rows to
+``DIR/gpu_check.json``.
 tools/gpu_check.sh runs the test suite on the GPU, the benchmark and this run.
 """
 from __future__ import annotations
@@ -16,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/
-
-from excel.cli import USER_ERRORS
+from excel.cli import run_command
 from excel.config import load_config
 from excel.engine.trainer import Trainer
 from excel.io import atomic_write
@@ -127,10 +125,11 @@ def table(rows: Sequence[dict[str, Any]], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line of ``excel-gpu-check`` and tools/gpu_check.py."""
     parser = argparse.ArgumentParser(description="Timed synthetic training run (and the benchmark) in one table.")
     parser.add_argument("--out", required=True, help="output folder (dataset, run, table)")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "voc.yaml"))
+    parser.add_argument("--config", default="configs/voc.yaml", help="YAML config (default: configs/voc.yaml)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--iters", type=int, default=200, help="training iterations (default 200)")
     parser.add_argument("--lvc-start", type=int, default=100, help="first dynamic iteration (default 100)")
@@ -142,24 +141,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         parser.error("--iters and --images must be positive and --lvc-start between 0 and --iters")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
+    run_command(lambda: gpu_check(args), lambda: args.out)
+
+
+def gpu_check(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Draw the data, train, time; write the table (``gpu_check.md``) and its rows (``gpu_check.json``)."""
     out = Path(args.out)
-    try:
-        data = out / "data"
-        if not (data / "splits" / "labels.json").exists():
-            write_synthetic_dataset(data, args.images, VAL_IMAGES, min_size=330, max_size=420)
-        cfg = load_config(args.config, [
-            "clip.pretrained=null", "tse.enabled=false", f"device={args.device}", f"dataset.root={data}",
-            "dataset.train_split=train", "dataset.val_split=val", "train.batch_size=4", "train.crop_size=320",
-            f"train.amp={str(args.device.startswith('cuda')).lower()}", f"train.max_iters={args.iters}",
-            f"lvc.start_iter={args.lvc_start}", f"train.eval_interval={args.iters}", "train.num_workers=2",
-            f"work_dir={out / 'run'}", *args.overrides])
-        rows = training_check(cfg, args.iters, args.lvc_start)
-        if args.benchmark:
-            rows = benchmark_rows(Path(args.benchmark)) + rows
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    data = out / "data"
+    if not (data / "splits" / "labels.json").exists():
+        write_synthetic_dataset(data, args.images, VAL_IMAGES, min_size=330, max_size=420)
+    cfg = load_config(args.config, [
+        "clip.pretrained=null", "tse.enabled=false", f"device={args.device}", f"dataset.root={data}",
+        "dataset.train_split=train", "dataset.val_split=val", "train.batch_size=4", "train.crop_size=320",
+        f"train.amp={str(args.device.startswith('cuda')).lower()}", f"train.max_iters={args.iters}",
+        f"lvc.start_iter={args.lvc_start}", f"train.eval_interval={args.iters}", "train.num_workers=2",
+        f"work_dir={out / 'run'}", *args.overrides])
+    rows = training_check(cfg, args.iters, args.lvc_start)
+    if args.benchmark:
+        rows = benchmark_rows(Path(args.benchmark)) + rows
     text = table(rows, args.device)
     atomic_write(out / "gpu_check.md", lambda tmp: tmp.write_text(text))
+    atomic_write(out / "gpu_check.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=2)))
     print(text)
     return rows

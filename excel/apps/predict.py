@@ -1,7 +1,8 @@
-"""Segment image files with a trained ExCEL head: a class-index PNG and a colour overlay with a legend per image.
+"""Segment image files with a trained ExCEL head: a class-index PNG and a colour overlay with a legend per image
+(``excel-predict``, tools/predict.py).
 
-    python tools/predict.py IMAGE_OR_FOLDER ... --checkpoint CKPT --out DIR [--config CFG] [section.key=value ...]
-    python tools/predict.py photos/ --checkpoint work_dirs/voc/checkpoints/latest.pth --out preds crf.enabled=false
+    excel-predict IMAGE_OR_FOLDER ... --checkpoint CKPT --out DIR [--config CFG] [section.key=value ...]
+    excel-predict photos/ --checkpoint work_dirs/voc/checkpoints/latest.pth --out preds crf.enabled=false
 
 Folders are read one level deep (.jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp). Per image with stem S:
 ``DIR/labels/S.png`` (palette PNG, pixel value = class index, 0 background) and ``DIR/overlays/S.png``
@@ -14,10 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from pathlib import Path
+from typing import Sequence
 
-from excel.cli import USER_ERRORS
+from excel.cli import run_command
 from excel.io import read_image, write_image, write_mask
 from excel.utils.logging import setup_logging
 from excel.utils.visualize import legend_overlay
@@ -76,12 +77,13 @@ def run(args: argparse.Namespace) -> None:
         image = read_image(path)
         result = predictor.predict(image)
         write_mask(out / "labels" / f"{stem}.png", result.labels)
-        write_image(out / "overlays" / f"{stem}.png", legend_overlay(image, result.labels, result.class_names))
+        write_image(out / "overlays" / f"{stem}.png", legend_overlay(image, result.labels, result.label_names))
         print(f"{path}: {', '.join(result.present())}")
     print(f"wrote {len(images)} predictions to {out}/labels and {out}/overlays")
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line of ``excel-predict`` and tools/predict.py."""
     parser = argparse.ArgumentParser(description="Segment images with a trained ExCEL head.")
     parser.add_argument("items", nargs="+", metavar="IMAGE_OR_FOLDER | section.key=value",
                         help="images, folders of images, and config overrides")
@@ -93,11 +95,7 @@ def main(argv=None) -> None:
     args.overrides = [item for item, flag in zip(args.items, is_override) if flag]
     args.inputs = [item for item, flag in zip(args.items, is_override) if not flag]
     setup_logging()
-    try:
-        run(args)
-    except (*USER_ERRORS, InputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_command(lambda: run(args), lambda: args.out, user_errors=(InputError,))
 
 
 if __name__ == "__main__":

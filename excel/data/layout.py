@@ -65,18 +65,18 @@ def labels_from_mask_file(path: str | os.PathLike, num_classes: int) -> list[int
     return labels_from_mask(read_mask(path), num_classes, path)
 
 
-def labels_from_voc_xml(path: str | os.PathLike, class_names: Sequence[str]) -> list[int]:
-    """Sorted class indices (1-based position in ``class_names``) of the objects in a VOC XML."""
+def labels_from_voc_xml(path: str | os.PathLike, categories: Sequence[str]) -> list[int]:
+    """Sorted class indices (1-based position in ``categories``) of the objects in a VOC XML."""
     try:
         root = ElementTree.parse(path).getroot()
     except ElementTree.ParseError as error:
         raise DatasetError(f"cannot parse annotation {path} ({error})") from error
-    index = {name: i + 1 for i, name in enumerate(class_names)}
+    index = {name: i + 1 for i, name in enumerate(categories)}
     names = {(obj.findtext("name") or "").strip() for obj in root.iter("object")}
     unknown = sorted(names - set(index))
     if unknown:
         raise DatasetError(f"annotation {path} names unknown classes {unknown}; expected one of "
-                           f"{list(class_names)}")
+                           f"{list(categories)}")
     return sorted(index[name] for name in names)
 
 

@@ -35,19 +35,19 @@ BACKGROUND_NAME = "background"
 class Prediction:
     """One image's segmentation.
 
-    ``labels``: H×W uint8 class indices (0 background, c = ``class_names[c]``).
+    ``labels``: H×W uint8 class indices (0 background, c = ``label_names[c]``).
     ``probabilities``: (C+1)×H×W float32 per-pixel class probabilities: the softmax of the averaged
     multi-scale logits, or the DenseCRF marginals when the CRF is on; ``labels`` is their argmax.
-    ``class_names``: C+1 names, background first.
+    ``label_names``: C+1 names, background first.
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
-    class_names: list[str]
+    label_names: list[str]
 
     def present(self) -> list[str]:
         """Names of the classes that label at least one pixel, in class order."""
-        return [self.class_names[c] for c in np.unique(self.labels)]
+        return [self.label_names[c] for c in np.unique(self.labels)]
 
 
 class Predictor:
@@ -57,7 +57,7 @@ class Predictor:
         self.model = model.eval()
         self.cfg = cfg
         self.device = device
-        self.class_names = [BACKGROUND_NAME, *as_list(cfg.dataset.categories)]
+        self.label_names = [BACKGROUND_NAME, *as_list(cfg.dataset.categories)]
         self.scales = [float(s) for s in as_list(cfg.infer.scales)]
         check_scales(cfg.infer.resize, self.scales, model.encoder.patch_size)
         self.crf_enabled = bool(cfg.crf.enabled)
@@ -109,5 +109,5 @@ class Predictor:
         if self.crf_enabled if crf is None else crf:
             probabilities = self.crf(image, probabilities)
         return Prediction(probabilities.argmax(axis=0).astype(np.uint8), probabilities.astype(np.float32),
-                          list(self.class_names))
+                          list(self.label_names))
 

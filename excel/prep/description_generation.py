@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
+from excel.cli import run_command
 from excel.modeling.description_file import read_description_file
 from excel.prep.description_authoring import (
     DATASET_CLASS_KEYS,
@@ -47,12 +48,11 @@ from excel.prep.description_authoring import (
     save_descriptions,
     validate_descriptions,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]       # the checkout holding prompts/
+from excel.resources import locate
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o"
-DEFAULT_PROMPT_FILE = REPO_ROOT / "prompts" / "describe_class.txt"
+DEFAULT_PROMPT_FILE = Path("prompts/describe_class.txt")     # found in the package when not in the current folder
 SYSTEM_MESSAGE = (
     "You write short, concrete, visual descriptions of object classes for an image "
     "recognition knowledge base. You follow the requested output format exactly."
@@ -61,7 +61,6 @@ RETRYABLE_HTTP_STATUS = {408, 409, 425, 429}
 DEFAULT_TIMEOUT_S = 120.0               # whole request: connection, headers and the complete body
 DEFAULT_MAX_REPLY_BYTES = 2 * 2**20     # a chat completion of a few sentences is a few kB
 READ_CHUNK_BYTES = 2**16
-INTERRUPTED_EXIT_CODE = 130             # what shells report for a command ended by Ctrl-C
 ERROR_DETAIL_BYTES = 500                # of an HTTP error body, quoted in the error message
 
 
@@ -329,20 +328,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (errors raise SystemExit with one line)."""
+    """The command line of ``excel-generate-descriptions`` and tools/generate_descriptions.py; returns the exit
+    code (0). Errors end as one line (:func:`excel.cli.run_command`)."""
     args = parse_args(argv)
+    return run_command(lambda: generate(args), lambda: args.out.parent,
+                       user_errors=(GenerationError, ValueError, OSError))
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Write (or resume) the description file of ``args``; warn about descriptions that break the rules."""
+    endpoint = endpoint_from_args(args)
+    template = read_prompt_template(locate(args.prompt))
+    class_keys = read_class_list(args.classes, args.class_file, args.dataset)
     try:
-        endpoint = endpoint_from_args(args)
-        template = read_prompt_template(args.prompt)
-        class_keys = read_class_list(args.classes, args.class_file, args.dataset)
         descriptions = generate_file(endpoint, template, class_keys, args.out, args.n,
                                      args.prefix_template, args.max_retries, args.retry_delay)
-    except (GenerationError, ValueError, OSError) as error:
-        raise SystemExit(f"generate_descriptions: error: {error}") from error
     except KeyboardInterrupt:
         print(f"generate_descriptions: interrupted; the classes finished so far are saved in {args.out}; "
               f"run the same command again to resume", file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
+        raise
     selected = {key: descriptions[key] for key in class_keys}
     for problem in validate_descriptions(selected, class_keys, args.prefix_template, per_class=args.n):
         print(f"warning: {problem}", file=sys.stderr)

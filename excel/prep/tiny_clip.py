@@ -38,6 +38,12 @@ Example::
 """
 from __future__ import annotations
 
+import os
+
+# On a shared CPU, OpenMP threads that busy-wait for each other burn several times the useful work;
+# let them sleep instead (effective when this module is the first to load torch: its commands).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import math
@@ -51,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from excel.cli import run_command
 from excel.io import atomic_write
 from excel.modeling.clip_loader import register_model_config
 from excel.prep.synthetic import BACKGROUND_KINDS, CLASS_NAMES, COLOURS, render_scene
@@ -58,9 +65,10 @@ from excel.prep.synthetic_captions import sample_caption
 from excel.prep.tiny_clip_data import Batch, Curriculum, batch_stream, caption_matches, captions_content
 from excel.prep.tiny_clip_encode import encode_image_tokens, presence_prompts
 from excel.prep.tiny_clip_eval import evaluate
+from excel.resources import locate
 
-REPO_ROOT = Path(__file__).resolve().parents[2]       # the checkout holding configs/
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny_clip.json"
+DEFAULT_CONFIG = "configs/tiny_clip.json"             # found in the package when not in the current folder
+DEFAULT_OUT = "assets/tiny_clip_synthetic.pt"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,9 +252,10 @@ def save_half_state_dict(model: nn.Module, path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "tiny_clip_synthetic.pt",
-                        help="checkpoint file to write (float16 state dict)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model-config JSON")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help=f"checkpoint file to write (float16 state dict; default {DEFAULT_OUT})")
+    parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG),
+                        help=f"open_clip model-config JSON (default {DEFAULT_CONFIG})")
     parser.add_argument("--steps", type=int, default=3600, help="joint training steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=160,
@@ -277,15 +286,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line of ``excel-pretrain-tiny-clip`` and tools/pretrain_tiny_clip.py."""
     args = parse_args(argv)
+    run_command(lambda: pretrain(args), lambda: args.out.parent)
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    """Pretrain, save the weights to ``args.out``, print (and with ``args.summary`` write) the evaluation."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model_name = register_model_config(args.config)
+    model_name = register_model_config(locate(args.config))
     model = open_clip.create_model(model_name, pretrained=None, force_image_size=args.image_size)
     tokenizer = open_clip.get_tokenizer(model_name)
     num_layers = len(model.visual.transformer.resblocks)
     if not 0 <= args.ground_layer <= num_layers:
-        raise SystemExit(f"--ground-layer {args.ground_layer}: {args.config} has {num_layers} vision layers; "
+        raise SystemExit(f"error: --ground-layer {args.ground_layer}: {args.config} has {num_layers} vision layers; "
                          f"use 1..{num_layers}, or 0 to turn grounding off")
     started = time.time()
     losses = train(model, tokenizer, args.steps, args.batch_size, args.image_size, args.seed,

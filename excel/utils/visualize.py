@@ -60,16 +60,16 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "replace").decode()
 
 
-def legend_overlay(image: np.ndarray, label: np.ndarray, class_names: list[str], alpha: float = 0.5) -> np.ndarray:
+def legend_overlay(image: np.ndarray, label: np.ndarray, label_names: list[str], alpha: float = 0.5) -> np.ndarray:
     """:func:`label_overlay` with a legend strip below it: a swatch and the name of every class present.
 
-    ``image`` H×W×3 uint8, ``label`` H×W class indices into ``class_names`` → (H + legend)×W'×3 uint8,
+    ``image`` H×W×3 uint8, ``label`` H×W class indices into ``label_names`` → (H + legend)×W'×3 uint8,
     W' = max(W, widest legend entry); the legend never covers the prediction.
     """
     colours = voc_palette()
-    present = [int(c) for c in np.unique(as_label_map(label)) if c < len(class_names)]
+    present = [int(c) for c in np.unique(as_label_map(label)) if c < len(label_names)]
     overlay = label_overlay(image, label, alpha)
-    names = [_ascii(class_names[c]) for c in present]
+    names = [_ascii(label_names[c]) for c in present]
     text_width = max((cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, LEGEND_FONT_SCALE, 1)[0][0] for n in names), default=0)
     height, width = overlay.shape[:2]
     canvas = np.full((height + LEGEND_ROW * len(present) + 4, max(width, text_width + LEGEND_ROW + 12), 3), 255,
