@@ -1,7 +1,7 @@
 """The config → object steps that training and evaluation share: CLIP, text matrix, model, PAR, datasets.
 
 The math modules never see the config; they take tensors and plain arguments. This module reads the
-config keys (see excel/config.py) and builds the objects the pipeline runs.
+config keys (see excel/config_schema.py) and builds the objects the pipeline runs.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python tools/gpu_check.py --out DIR [--device cuda] [--iters 200] [--lvc-start 100] [--images 64]
                               [--benchmark DIR/benchmark_cuda.json] [section.key=value ...]
 
-Writes a synthetic dataset (excel/prep/synthetic.py) under ``DIR/data``, trains a random ViT-B/16
+Writes a synthetic dataset (excel/prep/synthetic_dataset.py) under ``DIR/data``, trains a random ViT-B/16
 (``clip.pretrained=null tse.enabled=false``, batch 4 at 320², AMP on a GPU) for ``--iters`` iterations
 with the dynamic phase from ``--lvc-start``, times every iteration and the frozen forward of a
 training batch, and prints one Markdown table: static and dynamic iteration time (median after

@@ -1,4 +1,4 @@
-"""Segment single images with a trained ExCEL head: the library entry point (tools/predict.py is its CLI).
+"""Segment single images with a trained ExCEL head: the library entry point (excel-predict is its command).
 
     predictor = Predictor.from_checkpoint("work_dirs/voc/checkpoints/latest.pth")
     result = predictor.predict("photo.jpg")                 # or an H×W×3 uint8 RGB array
