@@ -1,10 +1,24 @@
-"""torch.distributed helpers: one code path for a single process, CPU (gloo) and GPUs (nccl)."""
+"""torch.distributed helpers: one code path for a single process, CPU (gloo) and GPUs (nccl).
+
+Under torchrun's elastic agent (``--max-restarts``) the ranks of a restarted worker group meet in the
+agent's key-value store, which outlives the failed group and still holds its keys: joined under the same
+names, a new rank could read the address of a dead peer (gloo: "connectFullMesh ... Connection refused")
+or a stale barrier count (a silent wait). :func:`init_distributed` therefore joins every attempt under its
+own key prefix. With one agent the attempt number (``TORCHELASTIC_RESTART_COUNT``) is the same on every
+rank; with several agents it is not (only the failing node counts a restart), so the launchers
+(:mod:`excel.utils.launch`) give multi-node groups a fresh store per attempt instead
+(``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), which needs no prefix.
+"""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -19,12 +33,41 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def init_distributed(device: torch.device) -> None:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); nccl on GPUs, gloo on CPUs."""
+def restart_count() -> int:
+    """How often torchrun's agent of this node has restarted the worker group (0: the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def job_id() -> str | None:
+    """The launching job's id (torchrun's ``--rdzv-id``; random with ``--standalone``), None outside torchrun
+    or when torchrun was given none."""
+    value = os.environ.get("TORCHELASTIC_RUN_ID")
+    return value if value and value != "none" else None
+
+
+def _attempt_store(timeout: timedelta) -> tuple[dist.Store, int, int]:
+    """(store, rank, world size) of this process, through torchrun's environment (``env://``: the agent's
+    store or one hosted by rank 0); the agent's shared store is prefixed with this attempt's number."""
+    store, rank_, size = next(dist.rendezvous("env://", timeout=timeout))
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    if shared and int(os.environ.get("GROUP_WORLD_SIZE", 1)) == 1:
+        store = dist.PrefixStore(f"excel/attempt_{restart_count()}", store)
+    return store, rank_, size
+
+
+def init_distributed(device: torch.device, timeout_s: float | None = None) -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); nccl on GPUs, gloo on CPUs.
+
+    ``timeout_s`` bounds every collective (and joining): a rank whose peer is gone or stopped gets an
+    error after it instead of waiting for the backend's default (30 minutes for gloo).
+    """
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = timedelta(seconds=timeout_s) if timeout_s else timedelta(minutes=30)
+        store, rank_, size = _attempt_store(timeout)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank_,
+                                world_size=size, timeout=timeout)
 
 
 def is_distributed() -> bool:
@@ -53,14 +96,44 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
     With nccl a CPU tensor travels through the current GPU; otherwise the sum is in place.
     """
-    if not is_distributed():
-        return tensor
+    return _all_reduce(tensor, dist.ReduceOp.SUM) if is_distributed() else tensor
+
+
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
         on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        dist.all_reduce(on_gpu, op=op)
         return tensor.copy_(on_gpu)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return tensor
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of ``value`` over all ranks (``value`` itself in a single process)."""
+    if not is_distributed():
+        return value
+    return int(_all_reduce(torch.tensor([value], dtype=torch.int64), dist.ReduceOp.MAX).item())
+
+
+def on_main(job: Callable[[], T]) -> T:
+    """Run ``job`` on rank 0 only and give every rank its result; an exception it raises is raised on every
+    rank (so that no rank waits in a collective for a rank 0 that has stopped)."""
+    if not is_distributed():
+        return job()
+    box: list[Any] = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", job())
+        except Exception as err:  # handed to every rank, raised there
+            box[0] = ("error", err)
+    if dist.get_backend() == "nccl":
+        dist.broadcast_object_list(box, src=0, device=torch.device("cuda", torch.cuda.current_device()))
+    else:
+        dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 def shard(items: list, this_rank: int | None = None, ranks: int | None = None) -> list:
