@@ -23,13 +23,15 @@ from excel.modeling.checkpoint import CheckpointError
 from excel.modeling.clip_loader import CLIPLoadError
 from excel.modeling.description_file import DescriptionError
 from excel.modeling.text_enrichment import KnowledgeBankError
+from excel.utils.distributed import PeerLostError
 from excel.utils.logging import setup_logging
 from excel.utils.parent_watch import exit_with_parent
+from excel.utils.stop import TrainingStopped
 
 T = TypeVar("T")
 
 USER_ERRORS = (ConfigError, CheckpointError, CLIPLoadError, DatasetError, DescriptionError, KnowledgeBankError,
-               FileNotFoundError)
+               FileNotFoundError, PeerLostError)
 
 INTERRUPTED_EXIT_CODE = 130                # what shells report for a command ended by Ctrl-C (128 + SIGINT)
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"   # set by torchrun in the environment of every rank it starts
@@ -50,6 +52,11 @@ _OS_ERROR_FIXES = {
 }
 # What torch's checkpoint writer says when the disk fills up under it (a RuntimeError, not an OSError).
 _TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed writing", "file write failed")
+
+
+def work_dir_given(overrides: Sequence[str]) -> bool:
+    """Whether the command line sets ``work_dir`` (``--resume CKPT`` otherwise continues in the checkpoint's)."""
+    return any(item.split("=", 1)[0].strip() == "work_dir" for item in overrides)
 
 
 def config_parser(description: str, default_config: str | os.PathLike) -> argparse.ArgumentParser:
@@ -96,9 +103,13 @@ def run_command(job: Callable[[], T], out_dir: Callable[[], str | os.PathLike | 
     A user error (:data:`USER_ERRORS` or ``user_errors``) or a file-system refusal ends with one
     ``error:`` line on stderr and exit code 1, Ctrl-C with exit code 130; any other exception keeps its
     traceback. ``out_dir()`` is the folder blamed for a refusal that names no path (default: the current one).
+    A run stopped by SIGTERM after saving ends with its one ``stopped by SIGTERM ...`` line and exit code 143.
     """
     try:
         return job()
+    except TrainingStopped as stopped:          # saved and stopped on a signal: not an error, but not done
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
     except Exception as err:
         message = describe_system_error(err, Path(out_dir() or "."))
         if message is None and isinstance(err, (*USER_ERRORS, *user_errors)):

@@ -92,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
         "overwrite": False,
         "resume_allow_changes": False,
         "retain_freed_memory": True,
+        "keep_checkpoints": None,           # keep the last K iter_*.pth plus the best; null: all
     },
     "optim": {
         "lr": 1.0e-3,
@@ -120,6 +121,9 @@ DEFAULTS: dict[str, Any] = {
         "bilateral_srgb": 3,
         "bilateral_compat": 4,
         "workers": 2,
+    },
+    "dist": {
+        "timeout_s": 900,                   # collective timeout: a gone peer ends the rank after it
     },
     "device": "auto",
     "work_dir": "work_dirs/run",
@@ -188,6 +192,7 @@ RULES: dict[str, Rule] = {
     "train.overwrite": _BOOL,
     "train.resume_allow_changes": _BOOL,
     "train.retain_freed_memory": _BOOL,
+    "train.keep_checkpoints": int_rule(1, nullable=True),
     "train.crop_size": int_rule(16),
     "train.scale_range": list_rule("float", min_len=2, max_len=2, low=0.0, open_low=True),
     "train.max_class_ratio": float_rule(0.0, 1.0, open_low=True),
@@ -220,6 +225,7 @@ RULES: dict[str, Rule] = {
     "crf.bilateral_srgb": _POSITIVE,
     "crf.bilateral_compat": _NON_NEGATIVE,
     "crf.workers": int_rule(0),
+    "dist.timeout_s": _POSITIVE,
     "device": str_rule(pattern=r"auto|cpu|cuda(:\d+)?", pattern_text="auto, cpu, cuda or cuda:N"),
     "work_dir": str_rule(),
 }

@@ -1,6 +1,6 @@
 """Train ExCEL on MS COCO 2014 (docs/method.md §8).
 
-    python scripts/train_coco.py [--config configs/coco.yaml] [--resume CKPT] [section.key=value ...]
+    python scripts/train_coco.py [--config configs/coco.yaml] [--resume CKPT|auto] [section.key=value ...]
     bash run_train.sh scripts/train_coco.py 0,1 2 29501 my_run     # torchrun, one process per GPU
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train ExCEL on PASCAL VOC 2012 (docs/method.md §8).
 
-    python scripts/train_voc.py [--config configs/voc.yaml] [--resume CKPT] [section.key=value ...]
+    python scripts/train_voc.py [--config configs/voc.yaml] [--resume CKPT|auto] [section.key=value ...]
     bash run_train.sh scripts/train_voc.py 0,1 2 29501 my_run     # torchrun, one process per GPU
 """
 from __future__ import annotations

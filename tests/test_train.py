@@ -1,4 +1,5 @@
 """Training on a tiny dataset with a tiny CLIP: the loss falls, checkpoints and logs are written, resume is exact."""
+import json
 import os
 import re
 import shutil
@@ -39,7 +40,15 @@ def test_loss_falls_and_outputs_are_written(full_run):
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     work = trainer.work_dir
-    assert {p.name for p in (work / "checkpoints").iterdir()} == {"iter_000012.pth", "iter_000024.pth", "latest.pth"}
+    folder = work / "checkpoints"
+    assert {p.name for p in folder.iterdir()} == {"iter_000012.pth", "iter_000024.pth", "latest.pth", "best.pth",
+                                                 "best.json"}
+    assert os.readlink(folder / "latest.pth") == "iter_000024.pth"          # a link, not a second copy
+    decoder = {it: json.loads((work / "metrics" / f"iter_{it:06d}_decoder.json").read_text())["miou"]
+               for it in (12, 24)}
+    best = max(decoder, key=decoder.get)
+    assert json.loads((folder / "best.json").read_text())["checkpoint"] == f"iter_{best:06d}.pth"
+    assert os.readlink(folder / "best.pth") == f"iter_{best:06d}.pth"
     assert "iter 24/24" in (work / "train.log").read_text()
     assert (work / "config.yaml").is_file() and list((work / "tensorboard").iterdir())
     assert (work / "metrics" / "iter_000024_pseudo_label.json").is_file()

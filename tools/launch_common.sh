@@ -4,6 +4,7 @@
 #                         (an error when DEVICES has fewer than N GPUs), else (device=cpu) for N CPU
 #                         processes with gloo
 #   free_port             prints a free TCP port
+#   new_run_id            prints a new random job id (torchrun's --rdzv-id)
 #   check_count NAME VALUE  exits with an error line unless VALUE is a positive integer
 #   check_script PATH     exits with an error line unless PATH is a Python file
 #   run_ranks ARGS...     replaces the shell by torchrun (python -m excel.utils.launch: the same options, and a
@@ -51,6 +52,10 @@ pick_device() {
         echo "no usable GPU: running $2 CPU process(es) with gloo" >&2
         DEVICE_ARGS=(device=cpu)
     fi
+}
+
+new_run_id() {
+    "$PYTHON" -c "import uuid; print(uuid.uuid4().hex)"
 }
 
 free_port() {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from excel.cli import config_parser, run_with_config
+from excel.cli import config_parser, run_with_config, work_dir_given
 from excel.engine.trainer import train
 from excel.evaluation.infer_lam import run_pseudo_labels
 from excel.evaluation.segment import run_segmentation
@@ -19,8 +19,10 @@ VOC_CONFIG = "configs/voc.yaml"
 def train_main(argv: Sequence[str] | None = None, default_config: str | os.PathLike = VOC_CONFIG) -> None:
     """Train ExCEL's head (docs/method.md §8): --resume and the config arguments."""
     parser = config_parser("Train ExCEL.", default_config)
-    parser.add_argument("--resume", help="checkpoint to continue from (exactly where it stopped)")
-    run_with_config(parser, lambda cfg, args: train(cfg, args.resume), argv)
+    parser.add_argument("--resume", help="checkpoint to continue from (exactly where it stopped), in its own "
+                        "work_dir unless work_dir= is given; 'auto': the newest checkpoint in work_dir, or a fresh "
+                        "start when there is none")
+    run_with_config(parser, lambda cfg, args: train(cfg, args.resume, not work_dir_given(args.overrides)), argv)
 
 
 def infer_lam_main(argv: Sequence[str] | None = None, default_config: str | os.PathLike = VOC_CONFIG) -> None:

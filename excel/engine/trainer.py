@@ -7,6 +7,11 @@ Resuming is exact: the data order of epoch e is a permutation seeded by (train.s
 sample's augmentation is seeded by (train.seed, epoch, index), and the torch RNG (dropout) is saved
 with the checkpoint, so a resumed run continues with the very batches and dropout masks that the
 uninterrupted run would have used.
+
+Surviving failures: where a start begins (a fresh run, ``--resume CKPT``, ``--resume auto``, a worker group
+restarted by torchrun) is decided by :mod:`excel.engine.work_dir`, which also locks the work_dir and keeps
+the checkpoints; SIGTERM saves the current iteration and stops (:mod:`excel.utils.stop`); a collective that
+fails because a peer is gone ends the rank with one line naming it and the last checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +39,21 @@ from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
+from excel.engine.work_dir import (
+    BEST_RECORD,
+    LATEST,
+    RunLock,
+    StartPlan,
+    check_writable,
+    checkpoint_folder,
+    checkpoint_name,
+    clear_checkpoints,
+    plan_start,
+    point_to,
+    prune_checkpoints,
+    record_best,
+    run_record,
+)
 from excel.io import DatasetError, check_outside, voc_palette
 from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
@@ -48,6 +68,7 @@ from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
+from excel.utils.stop import StopRequest, TrainingStopped
 from excel.utils.visualize import heat_map, positive_class_cam
 
 log = logging.getLogger(__name__)
@@ -58,11 +79,18 @@ RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed")     # with optim.*: fixe
 class Trainer:
     """Owns the model, optimiser, data and logging of one training run."""
 
-    def __init__(self, cfg: DictConfig, resume: str | None = None):
+    def __init__(self, cfg: DictConfig, resume: str | None = None, follow_checkpoint: bool = False):
+        """``resume``: None (a fresh start), ``"auto"`` or a checkpoint (see :func:`plan_start`);
+        ``follow_checkpoint``: a resumed checkpoint's own work_dir replaces ``cfg.work_dir``."""
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.device)
-        dist.init_distributed(self.device)
+        dist.init_distributed(self.device, cfg.dist.timeout_s)
+        restarted = dist.max_over_ranks(dist.restart_count()) > 0     # agents count their own restarts
+        plan = dist.on_main(lambda: plan_start(cfg, resume, follow_checkpoint, restarted, dist.job_id()))
+        cfg.work_dir = plan.work_dir
         self.work_dir = Path(cfg.work_dir)
+        self.run_id = plan.run_id
+        resume = plan.resume
         resume_state = load_checkpoint(resume) if resume is not None else None
         if resume_state is not None:
             check_training_state(resume_state, resume)
@@ -74,11 +102,10 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} × {dist.world_size()} process(es) needs at least "
                               f"that many images, but split {cfg.dataset.train_split!r} has {len(train_set)}; lower "
                               "train.batch_size or use a larger split")
-        if dist.is_main():
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.work_dir / "config.yaml")
-        dist.barrier()
+        self._lock: RunLock | None = None
+        dist.on_main(lambda: self._prepare_work_dir(plan))
         setup_logging(self.work_dir / "train.log")
+        log.info("%s", plan.note)
         torch.manual_seed(cfg.train.seed + dist.rank())
 
         self.model: ExCEL = build_model(cfg, self.device)
@@ -109,6 +136,23 @@ class Trainer:
         self.last_checkpoint: Path | None = Path(resume) if resume else None
         self.history: list[dict[str, float]] = []      # the logged (rank-averaged) losses
 
+    def _prepare_work_dir(self, plan: StartPlan) -> None:
+        """Rank 0, before anything is trained: lock the work_dir (a second run into it is refused), remove a
+        replaced run's checkpoints, check that checkpoints can be written, save the config."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.work_dir)
+        folder = checkpoint_folder(self.work_dir)
+        if plan.clear:
+            clear_checkpoints(folder)
+        check_writable(folder)
+        save_config(self.cfg, self.work_dir / "config.yaml")
+
+    def close(self) -> None:
+        """Release the work_dir (also done by the system when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # -- one iteration --------------------------------------------------------------------------
     def dynamic_phase(self, it: int) -> bool:
         return bool(self.cfg.lvc.enabled) and it >= self.cfg.lvc.start_iter
@@ -125,23 +169,47 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
+        """Train from ``start_iter`` to ``train.max_iters``; returns the last checkpoint.
+
+        SIGTERM (on any rank) stops every rank after the current iteration, which is saved first
+        (:class:`TrainingStopped`); a collective that fails on a gone or unresponsive peer ends this rank
+        with :class:`excel.utils.distributed.PeerLostError`.
+        """
         cfg = self.cfg
         self.model.head.train()
         data = iter(self.loader)
         bar = tqdm(range(self.start_iter, cfg.train.max_iters), initial=self.start_iter, total=cfg.train.max_iters,
                    disable=not dist.is_main(), desc="train", dynamic_ncols=True)
         started = time.time()
-        for it in bar:
-            if it == cfg.lvc.start_iter and self.dynamic_phase(it):
-                log.info("iteration %d: switching to dynamic CAMs (LVC)", it)
-            step = self.train_step(next(data), it)
-            done = it + 1
-            if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
-                self._log_step(step, done, started)
-            if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
-                self.save(done)
-                self.validate_after_save(done)
-        bar.close()
+        it = self.start_iter
+        try:
+            with StopRequest() as stop:
+                for it in bar:
+                    if it == cfg.lvc.start_iter and self.dynamic_phase(it):
+                        log.info("iteration %d: switching to dynamic CAMs (LVC)", it)
+                    step = self.train_step(next(data), it)
+                    done = it + 1
+                    if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
+                        self._log_step(step, done, started)
+                    if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
+                        self.save(done)
+                        self.validate_after_save(done)
+                    if done < cfg.train.max_iters and stop.agreed():
+                        if self.last_checkpoint != checkpoint_folder(self.work_dir) / checkpoint_name(done):
+                            self.save(done)
+                        raise TrainingStopped(f"stopped by {stop.name} at iteration {done} (saved "
+                                              f"{self.last_checkpoint}); the same command with --resume auto "
+                                              "continues from there", stop.signum)
+        except RuntimeError as err:
+            if not dist.is_peer_failure(err):
+                raise
+            last = self.last_checkpoint or "none (no checkpoint was saved yet)"
+            reason = " ".join(str(err).split())[:200]
+            raise dist.PeerLostError(f"rank {dist.rank()}: another process of this job is gone or did not answer "
+                                     f"within dist.timeout_s={cfg.dist.timeout_s:g} s at iteration {it} ({reason}); "
+                                     f"the last checkpoint is {last}") from None
+        finally:
+            bar.close()
         if self.writer is not None:
             self.writer.close()
         return self.last_checkpoint
@@ -167,7 +235,9 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
-                return self.validate(it)
+                results = self.validate(it)
+            dist.on_main(lambda: self._keep_best(it, results["decoder"]))
+            return results
         except (DatasetError, FileNotFoundError) as err:
             raise DatasetError(f"validation at iteration {it} failed: {err}. The checkpoint was saved at "
                                f"{self.last_checkpoint}; fix the image or remove it from the "
@@ -206,25 +276,42 @@ class Trainer:
         return results
 
     def save(self, it: int) -> None:
-        path = self.work_dir / "checkpoints" / f"iter_{it:06d}.pth"
-        if dist.is_main():
-            state = {
-                "head": self.model.head.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "iteration": it,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                "config": OmegaConf.to_yaml(self.cfg, resolve=True),
-                "num_classes": self.cfg.dataset.num_classes,
-            }
-            save_checkpoint(path, state)
-            latest = path.with_name("latest.pth")
-            save_checkpoint(latest, state)
-            log.info("saved checkpoint %s", path)
-        dist.barrier()
+        """Rank 0 writes ``iter_<it>.pth`` once, points ``latest.pth`` at it and drops the checkpoints beyond
+        ``train.keep_checkpoints``; a failed write stops every rank with the same error."""
+        path = checkpoint_folder(self.work_dir) / checkpoint_name(it)
+        rng = dist.gather_to_main(rng_state())          # every rank's dropout RNG, for an exact resume
+        dist.on_main(lambda: self._write_checkpoint(path, it, rng))
         self.last_checkpoint = path
+
+    def _write_checkpoint(self, path: Path, it: int, rng: list[dict]) -> None:
+        state = {
+            "head": self.model.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": it,
+            "rng": rng[0],
+            "rng_ranks": rng,
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "num_classes": self.cfg.dataset.num_classes,
+            "run": run_record(self.run_id, dist.job_id()),
+        }
+        save_checkpoint(path, state)
+        point_to(path.with_name(LATEST), path)
+        log.info("saved checkpoint %s", path)
+        self._prune()
+
+    def _keep_best(self, it: int, miou: float) -> None:
+        """Rank 0, after the validation of ``iter_<it>.pth``: it becomes ``best.pth`` when its decoder mIoU is
+        the best so far (``best.json``)."""
+        if record_best(checkpoint_folder(self.work_dir), it, miou):
+            log.info("best decoder mIoU so far (%.2f): %s", miou, checkpoint_name(it))
+        self._prune()
+
+    def _prune(self) -> None:
+        for path in prune_checkpoints(checkpoint_folder(self.work_dir), self.cfg.train.keep_checkpoints):
+            log.info("removed %s (train.keep_checkpoints=%d, best in %s)", path.name,
+                     self.cfg.train.keep_checkpoints, BEST_RECORD)
 
     def _resume(self, path: str, state: dict) -> None:
         load_head_weights(self.model, state, source=path)
@@ -235,24 +322,26 @@ class Trainer:
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.start_iter = int(state["iteration"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        ranks = state.get("rng_ranks") or []
+        rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
 
+def rng_state() -> dict[str, object]:
+    """This process's torch RNG states (CPU, and every visible GPU)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
-    """Refuse a new run into a work_dir that holds checkpoints (unless train.overwrite), and a resume
-    whose optimisation settings differ from the checkpoint's (unless train.resume_allow_changes); never
-    write into a dataset's image / mask folders."""
+    """Refuse a resume whose optimisation settings differ from the checkpoint's (unless
+    train.resume_allow_changes) and a work_dir inside a dataset's image / mask folders. (Whether the
+    work_dir may be started in at all is :func:`plan_start`'s decision.)"""
     if cfg.dataset.root is not None:
         check_outside(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)), "the dataset folder", holds_ids=False)
-    folder = Path(cfg.work_dir) / "checkpoints"
-    found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
-    if resume is None and found and not cfg.train.overwrite:
-        raise ConfigError(f"work_dir {cfg.work_dir} already holds checkpoints ({', '.join(found)} in {folder}); "
-                          f"continue that run with --resume {folder / found[-1]}, choose another work_dir, or "
-                          "replace them with train.overwrite=true")
     if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
         return
     changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)
@@ -303,17 +392,21 @@ def visual_grid(step: dict, normalization: str) -> torch.Tensor:
     return torch.cat(tiles, dim=-1)
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> Trainer:
-    """Train with `cfg` (optionally resuming from a checkpoint); returns the finished trainer.
+def train(cfg: DictConfig, resume: str | None = None, follow_checkpoint: bool = False) -> Trainer:
+    """Train with `cfg`; returns the finished trainer. ``resume``: a checkpoint, ``"auto"`` (the newest in
+    work_dir, if any) or None; ``follow_checkpoint``: continue in the resumed checkpoint's own work_dir.
 
     With ``train.retain_freed_memory`` the process's C allocator keeps freed memory from here on
     (excel/utils/allocator.py), so each iteration reuses the pages of the last.
     """
     if cfg.train.retain_freed_memory:
         retain_freed_memory()
+    trainer = None
     try:
-        trainer = Trainer(cfg, resume)
+        trainer = Trainer(cfg, resume, follow_checkpoint)
         trainer.run()
         return trainer
     finally:
+        if trainer is not None:
+            trainer.close()
         dist.cleanup()

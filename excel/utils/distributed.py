@@ -19,6 +19,19 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+# What gloo and nccl say when a peer process is gone or did not answer in time (not always a DistError).
+_PEER_FAILURE_MARKS = ("Connection reset", "Connection closed", "Connection refused", "Broken pipe",
+                       "Timed out", "timed out", "Timeout", "NCCL")
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed because another rank is gone or did not answer within the timeout."""
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed on a peer (only while a process group is up)."""
+    return is_distributed() and (isinstance(err, dist.DistError)
+                                 or (isinstance(err, RuntimeError) and any(m in str(err) for m in _PEER_FAILURE_MARKS)))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -134,6 +147,17 @@ def on_main(job: Callable[[], T]) -> T:
     if kind == "error":
         raise value
     return value
+
+
+def gather_to_main(obj: T) -> list[T] | None:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] | None = [None] * world_size() if is_main() else None
+    if dist.get_backend() == "nccl":
+        torch.cuda.current_device()               # gather_object sends through the current GPU
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def shard(items: list, this_rank: int | None = None, ranks: int | None = None) -> list:

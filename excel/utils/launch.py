@@ -7,11 +7,16 @@ with exit code 1; any other failure (a crash, a rank killed by a signal) ends wi
 rank and how it ended, and the rank's exit code. Ranks end themselves if this process is killed
 (see excel/utils/parent_watch.py).
 
+Restarted worker groups (``--max-restarts``) of a rendezvous with several agents get a fresh key-value store
+for every attempt (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), so that no rank reads the keys of the failed
+attempt (see excel/utils/distributed.py).
+
     python -m excel.utils.launch [torchrun options] script.py [script arguments]
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
@@ -23,6 +28,7 @@ from torch.distributed.run import main as torchrun_main
 USER_ERROR_EXIT_CODE = 1                 # what excel.cli gives a user error (after printing it)
 SIGNAL_EXIT_BASE = 128                   # shells report death by signal N as 128 + N
 _AGENT_LOGGER = "torch.distributed.elastic.multiprocessing.api"
+_FRESH_STORE_PER_ATTEMPT = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 def _not_a_user_error_report(record: logging.LogRecord) -> bool:
@@ -47,6 +53,7 @@ def describe_failure(error: ChildFailedError) -> tuple[str | None, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """torchrun with ``argv``; returns the exit code."""
     logging.getLogger(_AGENT_LOGGER).addFilter(_not_a_user_error_report)
+    os.environ.setdefault(_FRESH_STORE_PER_ATTEMPT, "1")
     try:
         torchrun_main(list(argv) if argv is not None else None)
     except ChildFailedError as error:
