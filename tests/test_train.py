@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,10 @@ from fixtures_clip import tiny_overrides
 from excel.config import ConfigError, load_config
 from excel.engine import step as iteration
 from excel.engine import trainer as engine
+from excel.engine.work_dir import RunLock
 from excel.io import DatasetError
 from excel.modeling.checkpoint import load_checkpoint, save_checkpoint
+from excel.utils.stop import TrainingStopped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,3 +194,46 @@ def test_data_problems_are_reported_before_anything_is_loaded_or_written(tiny_vo
     with pytest.raises(ConfigError, match="dataset.root is not set"):
         engine.train(unset)
     assert not (tmp_path / "big").exists() and not (tmp_path / "unset").exists()
+
+
+def test_sigterm_saves_the_current_iteration_and_resume_auto_finishes_the_run(full_run, tiny_voc, tiny_clip_files,
+                                                                            monkeypatch):
+    trainer, tmp = full_run
+    cfg = train_cfg(tiny_voc, tiny_clip_files, tmp, "stopped", **{"train.keep_checkpoints": 1})
+    step = engine.Trainer.train_step
+
+    def signalled(self, batch, it):
+        if it == 4:
+            os.kill(os.getpid(), signal.SIGTERM)          # arrives during iteration 5
+        return step(self, batch, it)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", signalled)
+    folder = tmp / "stopped" / "checkpoints"
+    with pytest.raises(TrainingStopped, match=rf"stopped by SIGTERM after iteration 5, saved as "
+                                              rf"{folder / 'iter_000005.pth'}; the same command with --resume auto"):
+        engine.train(cfg)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert load_checkpoint(folder / "latest.pth")["iteration"] == 5
+    monkeypatch.setattr(engine.Trainer, "train_step", step)
+    resumed = engine.train(train_cfg(tiny_voc, tiny_clip_files, tmp, "stopped", **{"train.keep_checkpoints": 1}),
+                           resume="auto")
+    assert resumed.history == trainer.history[5:]
+    final = load_checkpoint(trainer.work_dir / "checkpoints" / "iter_000024.pth")["head"]
+    again = load_checkpoint(folder / "iter_000024.pth")["head"]
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
+    best = json.loads((folder / "best.json").read_text())["checkpoint"]          # the last 1 plus the best
+    assert {p.name for p in folder.glob("iter_*.pth")} == {"iter_000024.pth", best}
+
+
+def test_an_unwritable_checkpoint_folder_or_a_locked_work_dir_stops_before_training(tiny_voc, tiny_clip_files,
+                                                                                   tmp_path):
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "checkpoints").write_text("a file where the checkpoints go\n")
+    with pytest.raises(FileExistsError, match="checkpoints"):
+        engine.train(train_cfg(tiny_voc, tiny_clip_files, tmp_path, "blocked"))
+    assert not (tmp_path / "blocked" / "train.log").exists()
+    lock = RunLock(tmp_path / "blocked")
+    with pytest.raises(ConfigError, match=rf"work_dir {tmp_path / 'blocked'} is in use by another training run"):
+        engine.train(train_cfg(tiny_voc, tiny_clip_files, tmp_path, "blocked"))
+    lock.release()

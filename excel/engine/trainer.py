@@ -16,6 +16,7 @@ fails because a peer is gone ends the rank with one line naming it and the last 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -197,17 +198,17 @@ class Trainer:
                     if done < cfg.train.max_iters and stop.agreed():
                         if self.last_checkpoint != checkpoint_folder(self.work_dir) / checkpoint_name(done):
                             self.save(done)
-                        raise TrainingStopped(f"stopped by {stop.name} at iteration {done} (saved "
-                                              f"{self.last_checkpoint}); the same command with --resume auto "
+                        raise TrainingStopped(f"stopped by {stop.name} after iteration {done}, saved as "
+                                              f"{self.last_checkpoint}; the same command with --resume auto "
                                               "continues from there", stop.signum)
         except RuntimeError as err:
             if not dist.is_peer_failure(err):
                 raise
             last = self.last_checkpoint or "none (no checkpoint was saved yet)"
-            reason = " ".join(str(err).split())[:200]
+            reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split()))[:120]    # without gloo's source line
             raise dist.PeerLostError(f"rank {dist.rank()}: another process of this job is gone or did not answer "
-                                     f"within dist.timeout_s={cfg.dist.timeout_s:g} s at iteration {it} ({reason}); "
-                                     f"the last checkpoint is {last}") from None
+                                     f"within dist.timeout_s={cfg.dist.timeout_s:g} s in iteration {it + 1} "
+                                     f"({reason}); the last checkpoint is {last}") from None
         finally:
             bar.close()
         if self.writer is not None:
