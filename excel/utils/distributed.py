@@ -19,9 +19,7 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
-# What gloo and nccl say when a peer process is gone or did not answer in time (not always a DistError).
-_PEER_FAILURE_MARKS = ("Connection reset", "Connection closed", "Connection refused", "Broken pipe",
-                       "Timed out", "timed out", "Timeout", "NCCL")
+_BACKENDS_IN_MESSAGES = ("gloo", "NCCL")     # errors of a backend's transport name it (not always a DistError)
 
 
 class PeerLostError(RuntimeError):
@@ -31,7 +29,7 @@ class PeerLostError(RuntimeError):
 def is_peer_failure(err: BaseException) -> bool:
     """Whether ``err`` is a collective that failed on a peer (only while a process group is up)."""
     return is_distributed() and (isinstance(err, dist.DistError)
-                                 or (isinstance(err, RuntimeError) and any(m in str(err) for m in _PEER_FAILURE_MARKS)))
+                                 or (isinstance(err, RuntimeError) and any(m in str(err) for m in _BACKENDS_IN_MESSAGES)))
 
 
 def resolve_device(name: str = "auto") -> torch.device:
