@@ -98,3 +98,14 @@ def test_rank_failures_are_summarised_in_one_line():
     assert code == 128 + signal.SIGKILL
     assert describe_failure(ChildFailedError("train.py", {1: failure(3)})) == (
         "error: rank 1 of train.py ended with exit code 3", 3)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"MAX_RESTARTS": "three"}, "error: MAX_RESTARTS must be a non-negative integer, got 'three'"),
+    ({"NNODES": "2"}, "error: NNODES=2 needs MASTER_ADDR (the first node's address) and a master_port"),
+])
+def test_bad_restart_or_node_settings_stop_before_torchrun(env, message):
+    result = subprocess.run(["bash", "run_train.sh", "scripts/train_voc.py", "0", "1"], cwd=ROOT,
+                            env={**launcher_env(), **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message)

@@ -152,9 +152,7 @@ def gather_to_main(obj: T) -> list[T] | None:
     if not is_distributed():
         return [obj]
     gathered: list[Any] | None = [None] * world_size() if is_main() else None
-    if dist.get_backend() == "nccl":
-        torch.cuda.current_device()               # gather_object sends through the current GPU
-    dist.gather_object(obj, gathered, dst=0)
+    dist.gather_object(obj, gathered, dst=0)         # with nccl through the GPU set by init_distributed
     return gathered
 
 

@@ -25,8 +25,9 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun_main
 
+from excel.utils.stop import SIGNAL_EXIT_BASE
+
 USER_ERROR_EXIT_CODE = 1                 # what excel.cli gives a user error (after printing it)
-SIGNAL_EXIT_BASE = 128                   # shells report death by signal N as 128 + N
 _AGENT_LOGGER = "torch.distributed.elastic.multiprocessing.api"
 _FRESH_STORE_PER_ATTEMPT = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
