@@ -296,6 +296,7 @@ MEANINGS: dict[str, str] = {
     "train.overwrite": "a new run may replace the checkpoints already in work_dir",
     "train.resume_allow_changes": "--resume may change optim.*, max_iters, batch_size and seed",
     "train.retain_freed_memory": "the C allocator keeps freed memory for the next iteration (no page faults)",
+    "train.keep_checkpoints": "keep the last K iter_*.pth plus the best by val decoder mIoU (null: all)",
     "optim.lr": "AdamW learning rate",
     "optim.weight_decay": "AdamW weight decay",
     "optim.betas": "AdamW betas",
@@ -318,6 +319,7 @@ MEANINGS: dict[str, str] = {
     "crf.bilateral_srgb": "colour scale of the appearance kernel",
     "crf.bilateral_compat": "weight of the appearance kernel",
     "crf.workers": "CRF worker processes (0: in the inference process)",
+    "dist.timeout_s": "seconds a collective waits for a gone or stopped peer before the rank stops with the last checkpoint",
     "device": "auto (a GPU when one is visible), cpu, cuda or cuda:N",
     "work_dir": "output folder of a run",
 }
