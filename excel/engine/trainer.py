@@ -41,18 +41,16 @@ from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
 from excel.engine.work_dir import (
-    BEST_RECORD,
     LATEST,
     RunLock,
     StartPlan,
-    check_writable,
     checkpoint_folder,
     checkpoint_name,
-    clear_checkpoints,
+    keep_best,
     plan_start,
     point_to,
+    prepare_work_dir,
     prune_checkpoints,
-    record_best,
     run_record,
 )
 from excel.io import DatasetError, check_outside, voc_palette
@@ -138,14 +136,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []      # the logged (rank-averaged) losses
 
     def _prepare_work_dir(self, plan: StartPlan) -> None:
-        """Rank 0, before anything is trained: lock the work_dir (a second run into it is refused), remove a
-        replaced run's checkpoints, check that checkpoints can be written, save the config."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = RunLock(self.work_dir)
-        folder = checkpoint_folder(self.work_dir)
-        if plan.clear:
-            clear_checkpoints(folder)
-        check_writable(folder)
+        """Rank 0, before anything is trained: :func:`prepare_work_dir`, then save the config."""
+        self._lock = prepare_work_dir(self.work_dir, plan.clear)
         save_config(self.cfg, self.work_dir / "config.yaml")
 
     def close(self) -> None:
@@ -237,7 +229,8 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=devices):
                 results = self.validate(it)
-            dist.on_main(lambda: self._keep_best(it, results["decoder"]))
+            dist.on_main(lambda: keep_best(checkpoint_folder(self.work_dir), it, results["decoder"],
+                                           self.cfg.train.keep_checkpoints))
             return results
         except (DatasetError, FileNotFoundError) as err:
             raise DatasetError(f"validation at iteration {it} failed: {err}. The checkpoint was saved at "
@@ -300,19 +293,7 @@ class Trainer:
         save_checkpoint(path, state)
         point_to(path.with_name(LATEST), path)
         log.info("saved checkpoint %s", path)
-        self._prune()
-
-    def _keep_best(self, it: int, miou: float) -> None:
-        """Rank 0, after the validation of ``iter_<it>.pth``: it becomes ``best.pth`` when its decoder mIoU is
-        the best so far (``best.json``)."""
-        if record_best(checkpoint_folder(self.work_dir), it, miou):
-            log.info("best decoder mIoU so far (%.2f): %s", miou, checkpoint_name(it))
-        self._prune()
-
-    def _prune(self) -> None:
-        for path in prune_checkpoints(checkpoint_folder(self.work_dir), self.cfg.train.keep_checkpoints):
-            log.info("removed %s (train.keep_checkpoints=%d, best in %s)", path.name,
-                     self.cfg.train.keep_checkpoints, BEST_RECORD)
+        prune_checkpoints(path.parent, self.cfg.train.keep_checkpoints)
 
     def _resume(self, path: str, state: dict) -> None:
         load_head_weights(self.model, state, source=path)

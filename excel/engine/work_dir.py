@@ -202,6 +202,18 @@ def clear_checkpoints(folder: Path) -> None:
         log.info("train.overwrite: removed the previous run's %d checkpoint file(s) from %s", len(removed), folder)
 
 
+def prepare_work_dir(work_dir: Path, clear: bool) -> "RunLock":
+    """Before anything is trained (rank 0): create and lock ``work_dir`` (a second run into it is refused),
+    remove a replaced run's checkpoints (``clear``), check that checkpoints can be written."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(work_dir)
+    folder = checkpoint_folder(work_dir)
+    if clear:
+        clear_checkpoints(folder)
+    check_writable(folder)
+    return lock
+
+
 def check_writable(folder: Path) -> None:
     """Create ``folder`` and write (then remove) a small file in it: an unwritable checkpoint folder is an
     OSError (naming the path) now rather than at the first save."""
@@ -269,4 +281,12 @@ def prune_checkpoints(folder: Path, keep: int | None) -> list[Path]:
     removed = [p for p in iteration_checkpoints(folder)[:-keep] if p.name != best]
     for path in removed:
         path.unlink()
+        log.info("removed %s (train.keep_checkpoints=%d, best in %s)", path.name, keep, BEST_RECORD)
     return removed
+
+
+def keep_best(folder: Path, iteration: int, miou: float, keep: int | None) -> None:
+    """After the validation of ``iter_<iteration>.pth``: :func:`record_best`, then :func:`prune_checkpoints`."""
+    if record_best(folder, iteration, miou):
+        log.info("best decoder mIoU so far (%.2f): %s", miou, checkpoint_name(iteration))
+    prune_checkpoints(folder, keep)
