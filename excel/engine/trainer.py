@@ -34,7 +34,7 @@ from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
-from excel.io import DatasetError, check_outside, voc_palette
+from excel.io import DatasetError, check_output_folder, voc_palette
 from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.modeling.checkpoint import (
@@ -53,6 +53,7 @@ from excel.utils.visualize import heat_map, positive_class_cam
 log = logging.getLogger(__name__)
 
 RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed")     # with optim.*: fixed for a resumed run
+WORK_DIR_ENTRIES = ("checkpoints", "metrics", "tensorboard", "config.yaml", "train.log")   # what a run writes
 
 
 class Trainer:
@@ -206,7 +207,13 @@ class Trainer:
         return results
 
     def save(self, it: int) -> None:
+        """Write the checkpoint of iteration ``it`` and ``latest.pth``; a head whose weights are no longer finite
+        is never saved (the error names the last good checkpoint)."""
         path = self.work_dir / "checkpoints" / f"iter_{it:06d}.pth"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.head.parameters()):
+            raise TrainingError(f"the head's weights became non-finite (NaN or infinite) by iteration {it}; "
+                                "stopping without saving them. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
         if dist.is_main():
             state = {
                 "head": self.model.head.state_dict(),
@@ -245,14 +252,18 @@ def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> N
     """Refuse a new run into a work_dir that holds checkpoints (unless train.overwrite), and a resume
     whose optimisation settings differ from the checkpoint's (unless train.resume_allow_changes); never
     write into a dataset's image / mask folders."""
-    if cfg.dataset.root is not None:
-        check_outside(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)), "the dataset folder", holds_ids=False)
+    check_output_folder(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)) if cfg.dataset.root is not None else (),
+                        inside=WORK_DIR_ENTRIES)
     folder = Path(cfg.work_dir) / "checkpoints"
     found = sorted(p.name for p in folder.glob("*.pth")) if folder.is_dir() else []
     if resume is None and found and not cfg.train.overwrite:
         raise ConfigError(f"work_dir {cfg.work_dir} already holds checkpoints ({', '.join(found)} in {folder}); "
                           f"continue that run with --resume {folder / found[-1]}, choose another work_dir, or "
                           "replace them with train.overwrite=true")
+    if state is not None and int(state["iteration"]) >= cfg.train.max_iters:
+        raise ConfigError(f"--resume {resume}: the checkpoint is at iteration {int(state['iteration'])} and "
+                          f"train.max_iters={cfg.train.max_iters}: nothing is left to train; to train further, "
+                          "raise train.max_iters with train.resume_allow_changes=true")
     if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
         return
     changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)
