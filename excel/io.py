@@ -1,8 +1,11 @@
-"""File I/O shared by every stage: atomic writes, images, class-index masks, split lists, label files.
+"""File I/O shared by every stage: atomic writes, images, class-index masks, split lists, label files,
+and the guard of every output.
 
 Every file the project writes goes through :func:`atomic_write`: the content is written to a temporary
 file beside the target and renamed over it, so an interrupted run never leaves a half-written file.
-New files get the permissions the process umask allows (as ``open`` would give them).
+New files get the permissions the process umask allows (as ``open`` would give them). Before a tool
+writes anything, :func:`check_output_folder` (or :func:`check_output_file`) refuses a destination inside
+a dataset or one that a symbolic link would lead elsewhere.
 """
 from __future__ import annotations
 
@@ -21,28 +24,58 @@ class DatasetError(ValueError):
     """A dataset file exists but its content is unusable (corrupt, wrong values, wrong size)."""
 
 
+# The folders of a dataset that hold its images, masks and annotations: no tool writes into them.
+DATASET_FOLDER_NAMES = ("JPEGImages", "SegmentationClassAug", "SegmentationClass", "Annotations")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")     # single-channel integer modes wider than 8 bits
+
+
 def _decode(path: str | os.PathLike, kind: str, fix: str) -> Image.Image:
-    """The decoded PIL image at ``path``; a missing file or one PIL cannot decode is named with ``fix``."""
+    """The decoded PIL image at ``path``; a missing file or one PIL cannot decode is named with ``fix``.
+
+    An image with more pixels than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is
+    refused before it is decoded.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{kind} {path} is a folder, not an image file; give the image file itself")
     if not path.is_file():
         raise FileNotFoundError(f"{kind} file not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
             return image.copy()
+    except Image.DecompressionBombError as error:
+        raise DatasetError(f"{kind} {path} is too large to decode safely ({error}); shrink the image") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"cannot decode {kind} {path} ({error}); replace the file with {fix}") from error
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as H×W×3 uint8 RGB; grayscale images are stacked to 3 channels."""
+    """Read an image file as H×W×3 uint8 RGB; grayscale images are stacked to 3 channels.
+
+    16-bit grayscale images are scaled to 8 bits (value / 257, rounded), not clipped at 255.
+    """
     image = _decode(path, "image", "a valid image")
+    if image.mode in WIDE_MODES:
+        wide = np.asarray(image, dtype=np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise DatasetError(f"image {path} holds values {wide.min()}..{wide.max()} outside 0..65535 (PIL mode "
+                               f"{image.mode}); save it as an 8- or 16-bit image")
+        gray = ((wide + 128) // 257).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a class-index PNG (palette or grayscale) as an H×W uint8 array of indices."""
+    """Read a class-index PNG (palette, grayscale, or 16-bit grayscale holding values 0..255) as an H×W
+    uint8 array of indices."""
     mask = _decode(path, "mask", "a valid class-index PNG")
+    if mask.mode in WIDE_MODES:
+        wide = np.asarray(mask, dtype=np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 255):
+            raise DatasetError(f"mask {path} is a {mask.mode} image holding values {wide.min()}..{wide.max()}; "
+                               "class indices must lie in 0..255: save it as an 8-bit class-index PNG")
+        return np.ascontiguousarray(wide, dtype=np.uint8)
     if mask.mode not in ("P", "L"):
         raise DatasetError(f"mask {path} has PIL mode {mask.mode}; masks must be single-channel "
                            "class-index PNGs (palette 'P' or grayscale 'L'), not colour images")
@@ -201,19 +234,31 @@ def read_split(path: str | os.PathLike, hint: str = "") -> list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise DatasetError(f"split list {path} is not UTF-8 text ({error}); list one image id per line") from error
-    ids = []
+    ids, lines = [], {}
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        image_id = line.strip().split()[0]
+        image_id, *columns = line.strip().split()
+        if columns and not all(_is_integer(column) for column in columns):
+            raise DatasetError(f"split list {path}, line {number}: {line.strip()!r} holds whitespace; an image id "
+                               "cannot contain spaces (only VOC's integer flag columns may follow it): rename the "
+                               "file or fix the line")
         problem = image_id_problem(image_id)
         if problem is not None:
             raise DatasetError(f"split list {path}, line {number}: image id {image_id!r} is not a plain "
                                f"relative name ({problem}); fix or remove the line")
+        if image_id in lines:
+            raise DatasetError(f"split list {path}, line {number}: image id {image_id!r} is listed again (first on "
+                               f"line {lines[image_id]}); it would be counted twice: remove the repeated line")
+        lines[image_id] = number
         ids.append(image_id)
     if not ids:
         raise DatasetError(f"split list {path} is empty; list one image id per line")
     return ids
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
 
 
 def output_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
@@ -232,19 +277,67 @@ def output_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
                        f"{f' ({problem})' if problem else ''}; fix the split list")
 
 
-def check_outside(output: str | os.PathLike, protected: Sequence[str | os.PathLike], what: str,
-                  holds_ids: bool = True) -> None:
-    """Raise unless ``output`` lies outside every folder of ``protected`` (e.g. a dataset's image folders).
+def dataset_folder_of(path: Path) -> Path | None:
+    """The first folder on the (resolved) path that is named like a dataset's image, mask or annotation
+    folder (DATASET_FOLDER_NAMES), or None."""
+    resolved = path.resolve()
+    for folder in (*reversed(resolved.parents), resolved):
+        if folder.name in DATASET_FOLDER_NAMES:
+            return folder
+    return None
 
-    ``holds_ids``: ``output`` receives files named by image ids, which may hold sub-folders, so a
-    protected folder inside it is refused too.
+
+def _refuse_protected(folder: Path, protected: Sequence[str | os.PathLike], holds: bool) -> None:
+    """Raise if ``folder`` lies inside a folder of ``protected`` (or, with ``holds``, contains one)."""
+    target = folder.resolve()
+    for guarded in map(Path, protected):
+        inside = target.is_relative_to(guarded.resolve())
+        if inside or (holds and guarded.resolve().is_relative_to(target)):
+            raise DatasetError(f"output folder {folder} {'lies inside' if inside else 'holds'} the dataset folder "
+                               f"{guarded}; never write into a dataset: choose another output folder (--out / "
+                               "work_dir)")
+
+
+def check_output_folder(folder: str | os.PathLike, protected: Sequence[str | os.PathLike] = (),
+                        inside: Sequence[str] = (), allow: Sequence[str] = ()) -> Path:
+    """The guard every tool passes before it writes into ``folder``; returns ``folder`` as a Path.
+
+    Refused with a :class:`DatasetError` naming the path: ``folder`` is an existing file; it lies inside a
+    folder of ``protected`` (a configured dataset's image / mask / annotation folders); it lies inside any
+    folder named like a dataset's (``DATASET_FOLDER_NAMES`` other than ``allow``: the one tool that writes
+    masks allows their folder); one of ``inside`` (the sub-folders and files the tool writes, relative to
+    ``folder``) is a symbolic link that leads out of ``folder``, or holds a folder of ``protected`` (it
+    receives files named by image ids, which may hold sub-folders).
     """
-    target = Path(output).resolve()
-    for folder in protected:
-        inside = target.is_relative_to(Path(folder).resolve())
-        if inside or (holds_ids and Path(folder).resolve().is_relative_to(target)):
-            raise DatasetError(f"output folder {output} {'lies inside' if inside else 'holds'} {what} {folder}; "
-                               "never write into a dataset: choose another output folder (--out / work_dir)")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(f"output folder {folder} is a file, not a folder; give a folder (--out / work_dir)")
+    _refuse_protected(folder, protected, holds=False)
+    named = dataset_folder_of(folder)
+    if named is not None and named.name not in allow:
+        raise DatasetError(f"output folder {folder} lies inside {named}, a dataset's {named.name} folder; never "
+                           "write into a dataset: choose another output folder (--out / work_dir)")
+    root = folder.resolve()
+    for relative in inside:
+        path = folder / relative
+        if path.is_symlink() or path.exists():
+            resolved = path.resolve()
+            if not resolved.is_relative_to(root) or resolved == root:
+                raise DatasetError(f"{path} is a symbolic link to {resolved}, outside the output folder {folder}; "
+                                   "nothing is written through it: remove the link or choose another output "
+                                   "folder")
+        _refuse_protected(path, protected, holds=True)
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, protected: Sequence[str | os.PathLike] = ()) -> Path:
+    """The guard of a tool that writes one file: its folder passes :func:`check_output_folder` (outside
+    every dataset) and ``path`` is not a folder; returns ``path`` as a Path."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"output {path} is a folder; give the path of the file to write")
+    check_output_folder(path.parent, protected)
+    return path
 
 
 def write_split(path: str | os.PathLike, ids: Sequence[str]) -> None:

@@ -12,7 +12,7 @@ from excel.config import save_config
 from excel.io import (
     DatasetError,
     atomic_write,
-    check_outside,
+    check_output_folder,
     check_split_name,
     image_id_problem,
     output_path,
@@ -82,9 +82,9 @@ def test_output_folder_inside_a_dataset_folder_is_refused(tmp_path):
     images = tmp_path / "VOC" / "JPEGImages"
     for output in (images, images / "sub", images / ".." / "JPEGImages" / "x"):
         with pytest.raises(DatasetError, match=f"output folder {output} lies inside the dataset folder {images}"):
-            check_outside(output, [images], "the dataset folder")
-    check_outside(tmp_path / "VOC" / "out", [images], "the dataset folder")
-    check_outside(tmp_path / "VOC" / "JPEGImagesX", [images], "the dataset folder")
+            check_output_folder(output, [images])
+    check_output_folder(tmp_path / "VOC" / "out", [images])
+    check_output_folder(tmp_path / "VOC" / "JPEGImagesX", [images])
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

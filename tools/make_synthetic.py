@@ -1,5 +1,8 @@
 """Write the synthetic shapes dataset (5 classes: disc, square, triangle, star, ring) in the VOC layout.
 
+--root must be new, empty, or a folder this generator drew before (its splits/scenes.json stamp); any other
+folder, such as a real dataset, is refused.
+
 Example::
 
     python tools/make_synthetic.py --root data/synthetic --num-train 600 --num-val 150 --seed 0

@@ -6,10 +6,13 @@ project's checkpoint format: ``{'head', 'num_classes', 'iteration'[, 'config']}`
 Everything that is not the head (the frozen CLIP weights) is left out. With --config the head is checked
 against that config (head.*, dataset.num_classes) and the config is stored in OUT, so that OUT can be used
 without --config afterwards (excel-predict, excel.Predictor.from_checkpoint).
+OUT never lies inside a dataset, never is IN, and replaces an existing file only if that file is itself a
+head-only checkpoint (never a resumable training checkpoint or any other file).
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +21,10 @@ from omegaconf import OmegaConf
 from excel.builders import build_head
 from excel.cli import run_command
 from excel.config import load_config
+from excel.data.layout import dataset_folders
+from excel.io import check_output_file
 from excel.modeling.checkpoint import (
+    TRAINING_KEYS,
     CheckpointError,
     head_checkpoint,
     load_checkpoint,
@@ -39,10 +45,30 @@ class _Head:
         self.num_classes = cfg.dataset.num_classes
 
 
+def check_replaceable(source: Path, target: Path) -> None:
+    """Refuse to write ``target`` over ``source`` or over an existing file that is not a head-only checkpoint."""
+    if not target.exists():
+        return
+    if source.exists() and os.path.samefile(source, target):
+        raise CheckpointError(f"OUT {target} is IN itself; converting in place would replace it with a head-only "
+                              "file: give another OUT")
+    try:
+        existing = load_checkpoint(target)
+    except CheckpointError:
+        raise CheckpointError(f"OUT {target} exists and is not a checkpoint; it is not replaced: give another OUT "
+                              "or remove the file first") from None
+    if all(key in existing for key in TRAINING_KEYS):
+        raise CheckpointError(f"OUT {target} is a resumable training checkpoint (optimizer, scheduler, RNG); it is "
+                              "not replaced with a head-only file: give another OUT")
+
+
 def convert(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides) if args.config is not None else None
+    protected = dataset_folders(Path(cfg.dataset.root)) if cfg is not None and cfg.dataset.root is not None else ()
+    output = check_output_file(args.output, protected)
+    check_replaceable(Path(args.input), output)
     converted = head_checkpoint(load_checkpoint(args.input), str(args.input))
-    if args.config is not None:
-        cfg = load_config(args.config, args.overrides)
+    if cfg is not None:
         load_head_weights(_Head(cfg, converted["head"], str(args.input)), converted, source=str(args.input))
         converted["config"] = OmegaConf.to_yaml(cfg, resolve=True)
     save_checkpoint(args.output, converted)

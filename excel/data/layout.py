@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from excel.classes import IGNORE_INDEX
-from excel.io import DatasetError, read_mask
+from excel.io import DATASET_FOLDER_NAMES, DatasetError, read_mask
 
 LABELS_FILE = "labels.json"
 DEFAULT_NUM_CLASSES = {"voc": 20, "coco": 80}
@@ -147,7 +147,7 @@ def find_mask(root: Path, dataset: str, image_id: str, split: str) -> Path | Non
 
 def dataset_folders(root: Path) -> list[Path]:
     """The folders holding a dataset's images, masks and annotations (never written by a run)."""
-    return [root / "JPEGImages", *(root / folder for folder in VOC_MASK_FOLDERS), root / "Annotations"]
+    return [root / folder for folder in DATASET_FOLDER_NAMES]
 
 
 def check_dataset_root(root: Path, dataset: str) -> None:

@@ -53,7 +53,7 @@ from excel.engine.work_dir import (
     prune_checkpoints,
     run_record,
 )
-from excel.io import DatasetError, check_outside, voc_palette
+from excel.io import DatasetError, check_output_folder, voc_palette
 from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.modeling.checkpoint import (
@@ -73,6 +73,7 @@ from excel.utils.visualize import heat_map, positive_class_cam
 log = logging.getLogger(__name__)
 
 RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed")     # with optim.*: fixed for a resumed run
+WORK_DIR_ENTRIES = ("checkpoints", "metrics", "tensorboard", "config.yaml", "train.log")   # what a run writes
 
 
 class Trainer:
@@ -271,8 +272,13 @@ class Trainer:
 
     def save(self, it: int) -> None:
         """Rank 0 writes ``iter_<it>.pth`` once, points ``latest.pth`` at it and drops the checkpoints beyond
-        ``train.keep_checkpoints``; a failed write stops every rank with the same error."""
+        ``train.keep_checkpoints``; a failed write stops every rank with the same error. A head whose weights
+        are no longer finite is never saved (the error names the last good checkpoint)."""
         path = checkpoint_folder(self.work_dir) / checkpoint_name(it)
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.head.parameters()):
+            raise TrainingError(f"the head's weights became non-finite (NaN or infinite) by iteration {it}; "
+                                "stopping without saving them. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
         rng = dist.gather_to_main(rng_state())          # every rank's dropout RNG, for an exact resume
         dist.on_main(lambda: self._write_checkpoint(path, it, rng))
         self.last_checkpoint = path
@@ -320,10 +326,14 @@ def rng_state() -> dict[str, object]:
 
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
     """Refuse a resume whose optimisation settings differ from the checkpoint's (unless
-    train.resume_allow_changes) and a work_dir inside a dataset's image / mask folders. (Whether the
-    work_dir may be started in at all is :func:`plan_start`'s decision.)"""
-    if cfg.dataset.root is not None:
-        check_outside(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)), "the dataset folder", holds_ids=False)
+    train.resume_allow_changes) or that has nothing left to train, and a work_dir inside a dataset's image /
+    mask folders. (Whether the work_dir may be started in at all is :func:`plan_start`'s decision.)"""
+    check_output_folder(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)) if cfg.dataset.root is not None else (),
+                        inside=WORK_DIR_ENTRIES)
+    if state is not None and int(state["iteration"]) >= cfg.train.max_iters:
+        raise ConfigError(f"--resume {resume}: the checkpoint is at iteration {int(state['iteration'])} and "
+                          f"train.max_iters={cfg.train.max_iters}: nothing is left to train; to train further, "
+                          "raise train.max_iters with train.resume_allow_changes=true")
     if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
         return
     changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)

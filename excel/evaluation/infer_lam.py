@@ -14,8 +14,9 @@ from excel.builders import build_dataset, build_model, build_par
 from excel.config import as_list, save_config
 from excel.data.layout import dataset_folders
 from excel.data.transforms import EvalTransform, denormalize
+from excel.evaluation.reuse import RECORD_FILE, begin_record, check_reuse, output_settings, record_settings
 from excel.io import (
-    check_outside,
+    check_output_folder,
     check_split_name,
     output_path,
     read_output_mask,
@@ -39,7 +40,8 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
     Without `checkpoint`: training-free (docs/method.md §5). With it: dynamic CAMs of the trained model (docs/method.md §9).
     Writes `<out>/pseudo_labels/<id>.png` (pixel value = class index), optional CAM overlays, and, when the
     split has masks, the metric table `<out>/pseudo_label_scores.{txt,json}`. With `infer.skip_existing`
-    images whose outputs exist are not recomputed; their labels are read back, so the scores stay complete.
+    images whose outputs exist are not recomputed; their labels are read back, so the scores stay complete
+    (only outputs made with the same settings are reused: :mod:`excel.evaluation.reuse`).
     Runs in one process or under torchrun (the split is sharded across ranks and the confusion matrices are
     summed). Returns the scores.
     """
@@ -51,8 +53,9 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
     dist.init_distributed(device)
     try:
         outputs = LamOutputs(out_dir, bool(cfg.infer.save_overlays))
-        if cfg.dataset.root is not None:
-            outputs.check_outside_dataset(Path(cfg.dataset.root))
+        outputs.check_destination(cfg.dataset.root)
+        settings = output_settings(cfg, checkpoint, cfg.dataset.split)
+        consistent = check_reuse(out_dir, settings, bool(cfg.infer.skip_existing), [outputs.labels])
         setup_logging(out_dir / "infer_lam.log")
         model = build_model(cfg, device).eval()
         mode = "training_free"
@@ -62,6 +65,7 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
         dataset = build_dataset(cfg, cfg.dataset.split, EvalTransform(cfg.dataset.normalize))
         if dist.is_main():
             save_config(cfg, out_dir / "config.yaml")
+            begin_record(out_dir, settings, consistent)
             log.info("%s pseudo labels for %d images of split %r → %s", mode.replace("_", "-"), len(dataset),
                      cfg.dataset.split, out_dir)
         par = build_par(cfg).to(device)
@@ -85,6 +89,8 @@ def run_pseudo_labels(cfg: DictConfig, checkpoint: str | os.PathLike | None = No
         if skipped:
             log.info("infer.skip_existing: %d images already had their outputs (read back for scoring)", skipped)
         dist.barrier()
+        if dist.is_main():
+            record_settings(out_dir, settings)
         if not dataset.has_masks:
             return None
         meter.all_reduce()
@@ -107,12 +113,11 @@ class LamOutputs:
         self.labels = root / "pseudo_labels"
         self.cams = root / "cams" if overlays else None
 
-    def check_outside_dataset(self, dataset_root: Path) -> None:
-        """Refuse output folders inside the dataset's image / mask folders."""
-        check_outside(self.root, dataset_folders(dataset_root), "the dataset folder", holds_ids=False)
-        for folder in (self.labels, self.cams):
-            if folder is not None:
-                check_outside(folder, dataset_folders(dataset_root), "the dataset folder")
+    def check_destination(self, dataset_root: str | None) -> None:
+        """Refuse output folders inside a dataset, and sub-folders that link out of the output folder."""
+        written = [self.labels, self.cams] if self.cams is not None else [self.labels]
+        check_output_folder(self.root, dataset_folders(Path(dataset_root)) if dataset_root is not None else (),
+                            inside=[f.name for f in written] + ["config.yaml", RECORD_FILE, "infer_lam.log"])
 
     def label_path(self, image_id: str) -> Path:
         return output_path(self.labels, image_id, ".png")

@@ -8,7 +8,8 @@ import numpy as np
 
 from excel.data.layout import dataset_folders
 from excel.evaluation.voc_submission import VOC_SUBMISSION_DIR
-from excel.io import check_outside, output_path, write_image, write_mask
+from excel.evaluation.reuse import RECORD_FILE
+from excel.io import check_output_folder, output_path, write_image, write_mask
 from excel.utils.visualize import colorize, label_overlay
 
 
@@ -31,11 +32,13 @@ class OutputLayout:
             folders.append(self.root / "overlay")
         return folders
 
-    def check_outside_dataset(self, dataset_root: Path) -> None:
-        """Refuse output folders inside the dataset's image / mask folders."""
-        check_outside(self.root, dataset_folders(dataset_root), "the dataset folder", holds_ids=False)
-        for folder in self.folders():
-            check_outside(folder, dataset_folders(dataset_root), "the dataset folder")
+    def check_destination(self, dataset_root: str | None) -> None:
+        """Refuse output folders inside a dataset, and sub-folders that link out of the output folder."""
+        written = [str(f.relative_to(self.root)) for f in self.folders()]
+        if self.submission:
+            written[:0] = ["results", "results.tar.gz"]
+        check_output_folder(self.root, dataset_folders(Path(dataset_root)) if dataset_root is not None else (),
+                            inside=written + ["config.yaml", RECORD_FILE, "segment.log"])
 
     def path(self, kind: str, image_id: str) -> Path:
         """The class-index PNG of one prediction (``kind``: raw or crf)."""

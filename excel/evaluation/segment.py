@@ -50,6 +50,7 @@ from excel.evaluation.crf import build_crf, crf_from_logits
 from excel.evaluation.multiscale import check_scales, image_logits, reduce_logits
 from excel.evaluation.outputs import OutputLayout
 from excel.evaluation.voc_submission import write_submission_archive
+from excel.evaluation.reuse import begin_record, check_reuse, output_settings, record_settings
 from excel.io import check_split_name, read_output_mask
 from excel.metrics import ConfusionMeter, format_table, save_scores
 from excel.modeling.checkpoint import load_checkpoint, load_head_weights
@@ -252,8 +253,9 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
         test = is_test_split(split)
         layout = OutputLayout(out_dir, submission=test and cfg.dataset.name == "voc",
                               overlays=cfg.infer.save_overlays, crf=bool(cfg.crf.enabled))
-        if cfg.dataset.root is not None:
-            layout.check_outside_dataset(Path(cfg.dataset.root))
+        layout.check_destination(cfg.dataset.root)
+        settings = output_settings(cfg, checkpoint, split)
+        consistent = check_reuse(out_dir, settings, bool(cfg.infer.skip_existing), [out_dir / "raw"])
         state = load_checkpoint(checkpoint)
         dataset = build_dataset(cfg, split, with_mask=False if test else "auto", with_labels=False)
         if not test:
@@ -261,11 +263,14 @@ def run_segmentation(cfg: DictConfig, checkpoint: str | os.PathLike, split: str,
         setup_logging(out_dir / "segment.log")
         if is_main():
             save_config(cfg, out_dir / "config.yaml")
+            begin_record(out_dir, settings, consistent)
             log.info("segmenting %d images of split %r with %s → %s", len(dataset), split, checkpoint, out_dir)
         run = SegmentationRun(cfg, state, str(checkpoint), dataset, layout, device)
         run.run(shard(list(range(len(dataset)))))
         results = run.report(out_dir)
         barrier()
+        if is_main():
+            record_settings(out_dir, settings)
         if layout.submission and is_main():
             log.info("VOC test submission archive: %s", write_submission_archive(out_dir))
         return results

@@ -127,6 +127,17 @@ def _check_head_state(head: Mapping[str, torch.Tensor], expected: Mapping[str, t
                               "Use the config the checkpoint was trained with (head.*, clip.model).")
 
 
+def check_finite_head(head: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the parameters if any head weight is NaN or infinite
+    (a head trained into NaN segments everything as background without any other sign)."""
+    bad = sorted(key for key, value in head.items() if isinstance(value, torch.Tensor) and value.is_floating_point()
+                 and not bool(torch.isfinite(value).all()))
+    if bad:
+        raise CheckpointError(f"checkpoint {source} holds non-finite (NaN or infinite) head weights in {len(bad)} "
+                              f"tensors (e.g. {', '.join(bad[:3])}); it cannot give valid results: use an earlier "
+                              "checkpoint of the run")
+
+
 def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
                       source: str | None = None,
                       classifier_key: str = "decoder.classifier.weight") -> dict[str, Any]:
@@ -146,6 +157,7 @@ def load_head_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[
         raise CheckpointError(f"checkpoint {source} was trained for {trained_for} classes but "
                               f"dataset.num_classes={model.num_classes}; use the matching dataset config")
     _check_head_state(head, model.head.state_dict(), source)
+    check_finite_head(head, source)
     model.head.load_state_dict(head)
     return state
 
@@ -159,6 +171,7 @@ def head_checkpoint(state: Mapping[str, Any], source: str) -> dict[str, Any]:
     if not any(key.startswith(("adapter.", "decoder.")) for key in head):
         raise CheckpointError(f"checkpoint {source} holds no head parameters (expected this project's 'head' "
                               "entry or the published code's 'decoder_fts_fuse.' / 'decoder.' names)")
+    check_finite_head(head, source)
     return {"head": head, "num_classes": _checkpoint_num_classes(state, head, "decoder.classifier.weight"),
             "iteration": state.get("iteration")}
 

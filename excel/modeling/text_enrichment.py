@@ -110,7 +110,7 @@ def save_bank(bank: dict, path: str | os.PathLike) -> None:
 
 
 def read_bank(path: str | os.PathLike) -> dict:
-    """A bank file as a dict with `centers` K×D.
+    """A bank file as a dict with `centers` K×D (finite values).
 
     Also reads the banks the authors publish (`attributes_text/*_embedding_bank.pth`): a list
     [D×K attribute centres (column-wise, float64), C×K float flags of the clusters each class's
@@ -119,11 +119,15 @@ def read_bank(path: str | os.PathLike) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise KnowledgeBankError(f"tse.bank: cannot read {path} ({err})") from err
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise KnowledgeBankError(f"tse.bank: cannot read {path} ({type(err).__name__}: {reason})") from err
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], torch.Tensor):
         data = _published_bank(data, path)
     if not isinstance(data, dict) or not isinstance(data.get("centers"), torch.Tensor) or data["centers"].ndim != 2:
         raise KnowledgeBankError(f"tse.bank: {path} holds no `centers` tensor of shape K×D")
+    if not bool(torch.isfinite(data["centers"]).all()):
+        raise KnowledgeBankError(f"tse.bank: {path} holds non-finite (NaN or infinite) attribute centres; it cannot "
+                                 "enrich the class embeddings: rebuild it with tools/build_knowledge_base.py")
     return data
 
 
@@ -187,11 +191,17 @@ def load_or_build_bank(clip_model: nn.Module, tokenizer: Callable, *, bank_path:
     digest = descriptions_digest(descriptions)
     target = Path(bank_path) if bank_path is not None else Path(cache_path)
     if target.is_file():
-        cached = read_bank(target)
+        try:
+            cached = read_bank(target)
+        except KnowledgeBankError as err:       # a damaged cache is rebuilt, never blamed on tse.bank
+            log.warning("knowledge bank %s is unreadable or damaged (%s): rebuilding it",
+                        target, str(err).removeprefix("tse.bank: "))
+            cached = {}
         if (cached.get("descriptions_sha256") == digest and cached.get("clip_fingerprint") == fingerprint
                 and cached.get("num_clusters") == num_clusters and cached.get("kmeans_seed", seed) == seed):
             return cached
-        log.info("knowledge bank %s is stale (descriptions, weights or K changed): rebuilding", target)
+        if cached:
+            log.info("knowledge bank %s is stale (descriptions, weights or K changed): rebuilding", target)
     bank = build_bank(clip_model, tokenizer, descriptions, num_clusters, seed)
     save_bank(bank, target)
     for names in shared_cluster_sets(bank):

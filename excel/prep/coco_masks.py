@@ -15,7 +15,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from excel.classes import IGNORE_INDEX
-from excel.io import write_mask
+from excel.data.layout import VOC_MASK_FOLDERS
+from excel.io import DatasetError, check_output_folder, write_mask
 from excel.prep.splits import parallel_map
 
 
@@ -82,6 +83,21 @@ def _write_coco_image_mask(job: tuple[dict[str, Any], list[dict[str, Any]]], out
     write_mask(out_dir / f"{Path(image['file_name']).stem}.png", mask)
 
 
+def read_annotations(path: Path) -> dict[str, Any]:
+    """A COCO instances file, checked to hold the lists ``images``, ``annotations`` and ``categories``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"cannot parse COCO annotation file {path} ({error}); use the official "
+                           "instances_*.json") from error
+    missing = [key for key in ("images", "annotations", "categories")
+               if not isinstance(data, dict) or not isinstance(data.get(key), list)]
+    if missing:
+        raise DatasetError(f"COCO annotation file {path} has no {', '.join(missing)} list; an instances file "
+                           "(instances_*.json) holds images, annotations and categories")
+    return data
+
+
 def write_coco_masks(annotation_file: str | os.PathLike, out_dir: str | os.PathLike,
                      crowd: Literal["ignore", "label"] = "ignore", workers: int = 1) -> int:
     """Write ``<out_dir>/<image file stem>.png`` class-index masks from a COCO instances JSON.
@@ -90,10 +106,11 @@ def write_coco_masks(annotation_file: str | os.PathLike, out_dir: str | os.PathL
     mask (so they are left out of the split lists). Returns the number of masks written.
     """
     annotation_file, out_dir = Path(annotation_file), Path(out_dir)
+    check_output_folder(out_dir, allow=VOC_MASK_FOLDERS)
     if not annotation_file.is_file():
         raise FileNotFoundError(f"COCO annotation file {annotation_file} not found; download the "
                                 "2014 train/val annotations from cocodataset.org")
-    data = json.loads(annotation_file.read_text())
+    data = read_annotations(annotation_file)
     category_index = coco_category_index(data["categories"])
     per_image: dict[int, list[dict[str, Any]]] = {}
     for annotation in data["annotations"]:

@@ -8,6 +8,8 @@ from omegaconf import DictConfig
 
 from excel.builders import bank_cache_path, build_clip, clip_model_name
 from excel.config import as_list
+from excel.data.layout import dataset_folders
+from excel.io import check_output_file
 from excel.modeling.clip_loader import clip_tokenizer
 from excel.modeling.description_file import load_descriptions
 from excel.modeling.text_enrichment import build_bank, save_bank, shared_cluster_sets
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 def build_knowledge_base(cfg: DictConfig, out: str | None = None) -> Path:
     """Cluster the descriptions of tse.descriptions with the configured CLIP into a bank file; returns its path."""
     path = Path(out or cfg.tse.bank or bank_cache_path(cfg))
+    check_output_file(path, dataset_folders(Path(cfg.dataset.root)) if cfg.dataset.root is not None else ())
     clip_model = build_clip(cfg)
     tokenizer = clip_tokenizer(clip_model_name(cfg))
     descriptions = load_descriptions(cfg.tse.descriptions, as_list(cfg.dataset.categories))

@@ -22,6 +22,7 @@ from excel.data.layout import (
     LABELS_FILE,
     DatasetName,
     check_dataset_root,
+    dataset_folders,
     default_split_dir,
     find_image,
     find_mask,
@@ -29,7 +30,7 @@ from excel.data.layout import (
     labels_from_mask_file,
     labels_from_voc_xml,
 )
-from excel.io import read_split, write_labels, write_split
+from excel.io import check_output_folder, read_split, write_labels, write_split
 
 
 def parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: int,
@@ -104,6 +105,7 @@ def make_voc_splits(root: str | os.PathLike, out_dir: str | os.PathLike | None =
     """
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else default_split_dir(root)
+    check_output_folder(out_dir, dataset_folders(root), inside=(LABELS_FILE,))
     check_dataset_root(root, dataset)
     list_dir = root / "ImageSets" / "Segmentation"
     splits = {name: read_split(list_dir / f"{name}.txt") for name in ("train", "val", "test")
@@ -138,6 +140,7 @@ def make_coco_splits(root: str | os.PathLike, out_dir: str | os.PathLike | None 
     """
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else default_split_dir(root)
+    check_output_folder(out_dir, dataset_folders(root), inside=(LABELS_FILE,))
     check_dataset_root(root, "coco")
     splits = {}
     for subset in COCO_SUBSETS:

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from excel.io import write_image, write_json, write_labels, write_mask, write_split
+from excel.io import DatasetError, check_output_folder, write_image, write_json, write_labels, write_mask, write_split
 from excel.prep.synthetic import Scene, render_scene
 
 SPLITS: tuple[str, ...] = ("train", "val")
 # Bumped whenever the drawing changes, so that a dataset drawn by an older generator is recognised.
 SCENE_VERSION = 1
 STAMP_FILE = "splits/scenes.json"
+DRAWN_FOLDERS = ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets", "splits")
 
 
 def image_id(split: str, index: int) -> str:
@@ -43,11 +44,16 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: in
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png and SegmentationClassAug/<id>.png
     (identical palette PNGs of class indices), ImageSets/Segmentation/<split>.txt, and
     splits/<split>.txt with splits/labels.json ({id: sorted class indices 1..5 present}); last,
-    splits/scenes.json with :func:`scene_stamp` of the arguments.
+    splits/scenes.json with :func:`scene_stamp` of the arguments (first, a stamp marked unfinished).
+    ``root`` must be missing, empty, or drawn by this generator before (it has a stamp): any other folder,
+    such as a real dataset, is refused before anything is written.
     """
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train={num_train} and num_val={num_val} must both be at least 1")
     root = Path(root)
+    check_drawable(root)
+    write_json(root / STAMP_FILE, {**scene_stamp(num_train, num_val, seed, min_size, max_size, ignore_band),
+                                   "unfinished": True})
     counts = {"train": num_train, "val": num_val}
     splits: dict[str, list[str]] = {}
     labels: dict[str, list[int]] = {}
@@ -66,6 +72,15 @@ def write_synthetic_dataset(root: str | os.PathLike, num_train: int, num_val: in
     write_labels(root / "splits" / "labels.json", labels)
     write_json(root / STAMP_FILE, scene_stamp(num_train, num_val, seed, min_size, max_size, ignore_band))
     return splits
+
+
+def check_drawable(root: Path) -> None:
+    """Raise unless ``root`` may be drawn into: missing, empty, or stamped by this generator; its folders must
+    not lie inside another dataset's image / mask folders nor link out of ``root``."""
+    check_output_folder(root, inside=DRAWN_FOLDERS)
+    if root.is_dir() and any(root.iterdir()) and not (root / STAMP_FILE).is_file():
+        raise DatasetError(f"{root} is not empty and was not drawn by this generator (it has no {STAMP_FILE}); "
+                           "the synthetic dataset is drawn only into a new or empty folder: give another --root")
 
 
 def scene_stamp(num_train: int, num_val: int, seed: int = 0, min_size: int = 128, max_size: int = 192,
