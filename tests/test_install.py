@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # What the copy of the checkout that pip builds from leaves out (top-level names; caches anywhere).
 LEFT_OUT = {".git", ".venv", "build", "data", "work_dirs", "tests", ".pytest_cache"}
-SCRIPTS = ("excel-train", "excel-infer-lam", "excel-infer-seg", "excel-predict", "excel-demo", "excel-gallery",
+SCRIPTS = ("excel-train", "excel-infer-lam", "excel-infer-seg", "excel-predict", "excel-demo", "excel-ablate", "excel-gallery",
            "excel-benchmark", "excel-gpu-check", "excel-convert-checkpoint", "excel-generate-descriptions",
            "excel-pretrain-tiny-clip")
 

@@ -279,7 +279,7 @@ class Trainer:
             raise TrainingError(f"the head's weights became non-finite (NaN or infinite) by iteration {it}; "
                                 "stopping without saving them. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
-        rng = dist.gather_to_main(rng_state())          # every rank's dropout RNG, for an exact resume
+        rng = dist.gather_to_main(dist.rng_state())          # every rank's dropout RNG, for an exact resume
         dist.on_main(lambda: self._write_checkpoint(path, it, rng))
         self.last_checkpoint = path
 
@@ -316,12 +316,6 @@ class Trainer:
         if torch.cuda.is_available() and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
         log.info("resumed from %s at iteration %d", path, self.start_iter)
-
-
-def rng_state() -> dict[str, object]:
-    """This process's torch RNG states (CPU, and every visible GPU)."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:

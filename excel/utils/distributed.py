@@ -166,3 +166,9 @@ def shard(items: list, this_rank: int | None = None, ranks: int | None = None) -
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def rng_state() -> dict[str, object]:
+    """This process's torch RNG states (CPU, and every visible GPU): what each rank saves for an exact resume."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
