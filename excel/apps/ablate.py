@@ -9,7 +9,6 @@ checkpoint and rewrites ``ablation.{json,md,csv}`` in --work-dir. docs/ablations
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ from excel.apps.ablation.launch import SlurmOptions, collect, run_local, run_slu
 from excel.apps.ablation.report import write_report
 from excel.apps.ablation.stats import summarize
 from excel.apps.ablation.sweep import Sweep, check_variants, load_sweep, parse_seeds
-from excel.cli import USER_ERRORS, describe_system_error
+from excel.cli import run_command
 from excel.config import ConfigError
 
 
@@ -76,16 +75,4 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_intermixed_args(argv)
-    try:
-        run(args)
-    except Exception as err:
-        message = describe_system_error(err, Path(args.work_dir))
-        if message is None and isinstance(err, USER_ERRORS):
-            message = str(err)
-        if message is None:
-            raise
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); the same command resumes the sweep", file=sys.stderr)
-        sys.exit(130)
+    run_command(lambda: run(args), lambda: args.work_dir)
