@@ -26,17 +26,15 @@ import cv2
 import torch
 from omegaconf import DictConfig
 
-from excel.builders import build_dataset, build_model, build_par
+from excel.builders import build_dataset
 from excel.cli import run_command
 from excel.config import load_config
-from excel.data.transforms import EvalTransform
 from excel.engine.trainer import train
+from excel.evaluation.checkpoint_labels import score_checkpoint_pseudo_labels
 from excel.evaluation.infer_lam import run_pseudo_labels
 from excel.evaluation.segment import run_segmentation
 from excel.io import DatasetError, write_json
-from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, scores
-from excel.modeling.checkpoint import load_head_weights
 from excel.prep.synthetic_dataset import read_scene_stamp, scene_stamp, write_synthetic_dataset
 
 QUICK = ["train.max_iters=6", "train.eval_interval=6", "train.log_interval=3", "lvc.start_iter=3",
@@ -88,24 +86,6 @@ def background_baseline(cfg: DictConfig) -> float:
     return scores(meter.matrix)["miou"]
 
 
-def checkpoint_pseudo_label_miou(cfg: DictConfig, checkpoint: Path) -> dict[str, float]:
-    """mIoU of the trained checkpoint's pseudo labels on the val split, static and dynamic CAMs."""
-    model = build_model(cfg, "cpu").eval()
-    load_head_weights(model, checkpoint, source=checkpoint)
-    par = build_par(cfg)
-    dataset = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
-    modes = {"trained_static": "checkpoint_static", "trained_lvc": "checkpoint"}
-    meters = {name: ConfusionMeter(cfg.dataset.num_classes + 1) for name in modes}
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        for name, mode in modes.items():
-            pred = predict_image(model, sample["image"][None], sample["cls_label"][None], tuple(sample["size"].tolist()),
-                                 mode=mode, input_size=cfg.cam.input_size, box_threshold=cfg.cam.box_threshold,
-                                 affinity_layers=cfg.cam.affinity_layers, par=par)
-            meters[name].update(pred.label, sample["mask"])
-    return {name: scores(meter.matrix)["miou"] for name, meter in meters.items()}
-
-
 def print_table(summary: dict[str, float], threads: int) -> None:
     """The summary as the README's quick-start table (mIoU in %)."""
     print(f"\nExCEL demo, synthetic val split ({summary['minutes']:.1f} minutes on {threads} CPU threads)\n")
@@ -130,7 +110,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, float]:
         summary[key] = run_pseudo_labels(variant, out_dir=work / f"pseudo_labels_val_{key}")["miou"]
     trainer = train(cfg)
     torch.set_num_threads(args.threads)
-    summary.update(checkpoint_pseudo_label_miou(cfg, trainer.last_checkpoint))
+    labels = score_checkpoint_pseudo_labels(cfg, trainer.last_checkpoint, cfg.dataset.val_split)
+    summary.update(trained_static=labels["static"], trained_lvc=labels["dynamic"])
     result = run_segmentation(cfg, trainer.last_checkpoint, cfg.dataset.val_split, work / "segment_val")
     summary["decoder"] = result["raw"]["miou"]
     summary["decoder_crf"] = result["crf"]["miou"] if result.get("crf") is not None else float("nan")
