@@ -117,6 +117,18 @@ def test_command_line_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     assert "seed 1 is repeated" in capsys.readouterr().err
 
 
+def test_a_work_dir_inside_a_dataset_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    images = tmp_path / "scenes" / "JPEGImages"
+    images.mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        ablate.main([str(write_sweep(tmp_path, GOOD)), "--work-dir", str(images / "w"), "--seeds", "0"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"output folder {images / 'w'} lies inside" in err
+    assert list(images.iterdir()) == []
+
+
 # -- resumability without training (the cell's train and evaluation replaced by recorders) ------------------
 @pytest.fixture
 def fake_cells(monkeypatch):

@@ -14,11 +14,13 @@ from typing import Sequence
 
 from excel.apps.ablation.cell import Cell, finished_result, run_cell
 from excel.apps.ablation.launch import SlurmOptions, collect, run_local, run_slurm
-from excel.apps.ablation.report import write_report
+from excel.apps.ablation.report import REPORT_FILES, write_report
 from excel.apps.ablation.stats import summarize
 from excel.apps.ablation.sweep import Sweep, check_variants, load_sweep, parse_seeds
 from excel.cli import run_command
 from excel.config import ConfigError
+from excel.data.layout import dataset_folders
+from excel.io import check_output_folder
 
 
 def run_sweep(sweep: Sweep, root: Path, seeds: Sequence[int], overrides: Sequence[str] = (),
@@ -26,6 +28,9 @@ def run_sweep(sweep: Sweep, root: Path, seeds: Sequence[int], overrides: Sequenc
     """Run every unfinished cell, then summarise; returns the summary (as in ablation.json) and writes
     the tables into ``root``."""
     check_variants(sweep, overrides)
+    dataset_root = sweep.config(sweep.baseline, overrides).dataset.root
+    check_output_folder(root, dataset_folders(Path(dataset_root)) if dataset_root is not None else (),
+                        inside=(*REPORT_FILES, "submitit", *sweep.variants))
     cells = [Cell(variant, seed) for variant in sweep.variants for seed in seeds]
     todo = [cell for cell in cells if finished_result(sweep, cell, root, overrides) is None]
     if len(todo) < len(cells):

@@ -9,6 +9,8 @@ from typing import Sequence
 
 from excel.io import write_json, write_text
 
+REPORT_FILES = ("ablation.json", "ablation.md", "ablation.csv")
+
 
 def _pct(value: float | None, signed: bool = False) -> str:
     if value is None:
@@ -60,8 +62,8 @@ def csv_text(summary: dict, metrics: Sequence[str], baseline: str) -> str:
 def write_report(folder: Path, summary: dict, metrics: Sequence[str], baseline: str, seeds: Sequence[int]) -> str:
     """Write ablation.json / .md / .csv into ``folder``; returns the Markdown."""
     text = markdown(summary, metrics, baseline, seeds)
-    write_json(folder / "ablation.json", {"seeds": list(seeds), "baseline": baseline, "metrics": list(metrics),
-                                          **summary})
-    write_text(folder / "ablation.md", text)
-    write_text(folder / "ablation.csv", csv_text(summary, metrics, baseline))
+    json_file, md_file, csv_file = (folder / name for name in REPORT_FILES)
+    write_json(json_file, {"seeds": list(seeds), "baseline": baseline, "metrics": list(metrics), **summary})
+    write_text(md_file, text)
+    write_text(csv_file, csv_text(summary, metrics, baseline))
     return text
