@@ -15,13 +15,18 @@ class DemoRun:
     """Paths of a finished `tools/demo.py --quick` run."""
 
     root: Path          # the synthetic dataset (VOC layout)
-    work: Path          # work dir: checkpoints/, pseudo_labels_val_<row>/, segment_val/, demo_summary.json
+    work: Path          # work dir: pseudo_labels_val_<row>/, seeds/full/seed_<n>/, demo_summary.json
     cache: Path         # TSE bank cache
     stdout: str
 
     @property
+    def cell(self) -> Path:
+        """Seed 0's training run: checkpoints/, config.yaml, segment_val/."""
+        return self.work / "seeds" / "full" / "seed_0"
+
+    @property
     def checkpoint(self) -> Path:
-        return self.work / "checkpoints" / "iter_000006.pth"
+        return self.cell / "checkpoints" / "iter_000006.pth"
 
 
 @pytest.fixture(scope="session")

@@ -206,8 +206,9 @@ def real_overrides(scenes: Path, cache: Path) -> list[str]:
 
 
 def test_a_killed_cell_rerun_ends_with_the_uninterrupted_head(tmp_path, scenes, monkeypatch):
-    """Determinism and resume: an uninterrupted cell and one interrupted after its iteration-3
-    checkpoint, then rerun, end with identical heads and identical metrics."""
+    """Determinism and resume: two runs of the same cell on one machine write identical checkpoints
+    (iteration 3), and one interrupted after that checkpoint, then rerun, ends with the uninterrupted
+    run's head and metrics."""
     monkeypatch.chdir(ROOT)
     sweep = load_sweep(write_sweep(tmp_path, GOOD.replace("  no_lvc: [lvc.enabled=false]\n", "")))
     overrides = real_overrides(scenes, tmp_path / "cache")
@@ -224,6 +225,11 @@ def test_a_killed_cell_rerun_ends_with_the_uninterrupted_head(tmp_path, scenes, 
     monkeypatch.setattr(Trainer, "validate_after_save", original)
     checkpoints = Cell("full", 0).folder(tmp_path / "killed") / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("iter_*.pth")) == ["iter_000003.pth"]
+    first = [load_checkpoint(Cell("full", 0).folder(tmp_path / run) / "checkpoints" / "iter_000003.pth")
+             for run in ("whole", "killed")]
+    assert first[0]["head"].keys() == first[1]["head"].keys()
+    assert all(torch.equal(first[0]["head"][k], first[1]["head"][k]) for k in first[0]["head"])
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(first[0]["optimizer"]), _tensors(first[1]["optimizer"])))
     resumed = ablate.run_sweep(sweep, tmp_path / "killed", (0,), overrides)
 
     heads = [load_checkpoint(Cell("full", 0).folder(tmp_path / run) / "checkpoints" / "iter_000006.pth")["head"]
@@ -231,6 +237,17 @@ def test_a_killed_cell_rerun_ends_with_the_uninterrupted_head(tmp_path, scenes, 
     assert heads[0].keys() == heads[1].keys()
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
     assert resumed["variants"] == whole["variants"]
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    """Every tensor of a nested dict/list (an optimizer state), in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in _tensors(item)]
+    return []
 
 
 def test_the_slurm_launcher_through_submitits_local_executor(tmp_path, scenes, monkeypatch):

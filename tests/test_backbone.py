@@ -189,6 +189,10 @@ def test_published_layer_records_follow_the_in_place_updates(tiny_clip, images):
 def test_config_default_reproduces_the_published_records():
     """Every shipped config builds the encoder with the in-place (published) layer records."""
     from excel.config import load_config
-    for name in ("voc", "coco", "voc_no_lvc", "voc_static_only", "voc_no_tse", "demo", "custom_example"):
+    from excel.apps.ablation.sweep import load_sweep
+    for name in ("voc", "coco", "demo", "custom_example"):
         cfg = load_config(f"configs/{name}.yaml", ["dataset.class_file=null"])
         assert cfg.svc.published_layer_records is True, name
+    sweep = load_sweep("configs/ablations/voc.yaml")
+    for variant in sweep.variants:
+        assert sweep.config(variant).svc.published_layer_records is True, variant

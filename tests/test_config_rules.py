@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from excel.apps.ablation.sweep import check_variants, load_sweep
 from excel.config import ConfigError, load_config
 from excel.config_schema import DEFAULTS, MEANINGS, RULES
 
@@ -25,10 +26,15 @@ def test_every_default_key_has_a_rule_and_every_rule_a_key():
     assert set(MEANINGS) - keys == set(), "these meanings name keys that DEFAULTS does not have"
 
 
-@pytest.mark.parametrize("name", ["voc.yaml", "coco.yaml", "voc_no_tse.yaml", "voc_no_svc.yaml",
-                                  "voc_no_lvc.yaml", "voc_static_only.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_pass(name):
-    load_config(CONFIGS / name)
+    load_config(CONFIGS / name, ["dataset.class_file=null"])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "ablations").glob("*.yaml")))
+def test_shipped_sweeps_and_every_variant_pass(name):
+    sweep = load_sweep(CONFIGS / "ablations" / name)
+    check_variants(sweep, [])
 
 
 @pytest.mark.parametrize("override,message", [

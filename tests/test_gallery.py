@@ -154,13 +154,14 @@ def test_gallery_renders_in_a_headless_browser(lam_folder, tmp_path):
 
 
 def test_gallery_on_the_demo_outputs(demo_run, tmp_path):
-    for folder, kind in (("pseudo_labels_val_svc_tse", "pseudo label"), ("segment_val", "prediction (CRF)")):
-        result = subprocess.run([sys.executable, "tools/gallery.py", str(demo_run.work / folder), "--out",
-                                 str(tmp_path / folder)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    for folder, kind in ((demo_run.work / "pseudo_labels_val_svc_tse", "pseudo label"),
+                         (demo_run.cell / "segment_val", "prediction (CRF)")):
+        result = subprocess.run([sys.executable, "tools/gallery.py", str(folder), "--out",
+                                 str(tmp_path / folder.name)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        page = (tmp_path / folder / "gallery.html").read_text()
+        page = (tmp_path / folder.name / "gallery.html").read_text()
         assert f"{kind} gallery" in page and page.count("<tr data-classes=") == 4
-    raw = load_gallery(demo_run.work / "segment_val", labels="raw")
+    raw = load_gallery(demo_run.cell / "segment_val", labels="raw")
     assert raw.kind == "prediction" and len(raw.rows) == 4
     with pytest.raises(GalleryError, match="output folder with crf/"):
         load_gallery(demo_run.work / "pseudo_labels_val_svc_tse", labels="crf")

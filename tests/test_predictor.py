@@ -141,7 +141,7 @@ def test_published_layout_of_the_demo_head_predicts_the_same(predictor, demo_run
     published["module.encoder.visual.proj"] = torch.zeros(3, 3)
     torch.save(published, tmp_path / "model_iter_6.pth")
     # The demo run's own resolved config: the same settings the original checkpoint carries.
-    authors = Predictor.from_checkpoint(tmp_path / "model_iter_6.pth", demo_run.work / "config.yaml", [], device="cpu")
+    authors = Predictor.from_checkpoint(tmp_path / "model_iter_6.pth", demo_run.cell / "config.yaml", [], device="cpu")
     image = read_image(val_images(demo_run)[0])
     ours = predictor.predict(image, crf=False)
     theirs = authors.predict(image, crf=False)

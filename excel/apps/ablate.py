@@ -24,9 +24,10 @@ from excel.io import check_output_folder
 
 
 def run_sweep(sweep: Sweep, root: Path, seeds: Sequence[int], overrides: Sequence[str] = (),
-              launcher: str = "local", nproc: int = 1, slurm: SlurmOptions | None = None) -> dict:
+              launcher: str = "local", nproc: int = 1, slurm: SlurmOptions | None = None,
+              echo: bool = True, jobs: int = 1, threads: int = 1) -> dict:
     """Run every unfinished cell, then summarise; returns the summary (as in ablation.json) and writes
-    the tables into ``root``."""
+    the tables into ``root`` (printing the Markdown one when ``echo``)."""
     check_variants(sweep, overrides)
     dataset_root = sweep.config(sweep.baseline, overrides).dataset.root
     check_output_folder(root, dataset_folders(Path(dataset_root)) if dataset_root is not None else (),
@@ -38,9 +39,11 @@ def run_sweep(sweep: Sweep, root: Path, seeds: Sequence[int], overrides: Sequenc
     if todo and launcher == "slurm":
         run_slurm(sweep, todo, root, overrides, slurm or SlurmOptions())
     elif todo:
-        run_local(sweep, todo, root, overrides, nproc)
+        run_local(sweep, todo, root, overrides, nproc, jobs, threads)
     summary = summarize(collect(sweep, seeds, root, overrides), sweep.baseline)
-    print(write_report(root, summary, sweep.metrics, sweep.baseline, seeds), flush=True)
+    table = write_report(root, summary, sweep.metrics, sweep.baseline, seeds)
+    if echo:
+        print(table, flush=True)
     return summary
 
 
@@ -51,9 +54,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", required=True, help="folder of the cells (<variant>/seed_<n>) and the tables")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: cells one after another here; slurm: one submitit job per cell")
+                   help="local: cells here (one after another, or --jobs at once); slurm: one submitit job per cell")
     p.add_argument("--nproc-per-cell", type=int, default=1,
                    help="local launcher: processes (GPUs) per cell, each cell a torchrun job when > 1")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local launcher: cells at once, each in a process of its own (a CPU sweep: one per core)")
+    p.add_argument("--threads-per-job", type=int, default=1, help="local launcher with --jobs: torch threads of each")
     p.add_argument("--partition", help="slurm: partition")
     p.add_argument("--time", type=int, default=24 * 60, help="slurm: time limit of a cell's job in minutes")
     p.add_argument("--gpus-per-cell", type=int, default=1, help="slurm: GPUs (= tasks) of a cell's job")
@@ -72,10 +78,11 @@ def run(args: argparse.Namespace) -> None:
         variant, _, seed = args.cell.rpartition(":")
         run_cell(sweep, Cell(variant, int(seed)), root, args.overrides)
         return
-    if args.nproc_per_cell < 1 or args.gpus_per_cell < 0 or args.time < 1:
-        raise ConfigError("--nproc-per-cell and --time must be ≥ 1, --gpus-per-cell ≥ 0")
+    if min(args.nproc_per_cell, args.time, args.jobs, args.threads_per_job) < 1 or args.gpus_per_cell < 0:
+        raise ConfigError("--nproc-per-cell, --jobs, --threads-per-job and --time must be ≥ 1, --gpus-per-cell ≥ 0")
     slurm = SlurmOptions(args.partition, args.time, args.gpus_per_cell, args.cpus_per_task, args.cluster)
-    run_sweep(sweep, root, parse_seeds(args.seeds), args.overrides, args.launcher, args.nproc_per_cell, slurm)
+    run_sweep(sweep, root, parse_seeds(args.seeds), args.overrides, args.launcher, args.nproc_per_cell, slurm,
+              jobs=args.jobs, threads=args.threads_per_job)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

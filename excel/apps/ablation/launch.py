@@ -1,11 +1,17 @@
-"""Where the cells run: ``local`` (one after another in this process, or each as a torchrun job of
-``nproc`` processes) or ``slurm`` through submitit (one job per cell; submitit's ``local`` cluster runs
-the same jobs as local processes)."""
+"""Where the cells run: ``local`` (one after another in this process, each as a torchrun job of
+``nproc`` processes, or ``jobs`` at once in processes of their own: a CPU sweep, one cell per core) or
+``slurm`` through submitit (one job per cell; submitit's ``local`` cluster runs the same jobs as local
+processes)."""
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +31,19 @@ class SlurmOptions:
     cluster: str = "slurm"          # "local": the jobs run as local processes (tests, a workstation)
 
 
-def run_local(sweep: Sweep, cells: Sequence[Cell], root: Path, overrides: Sequence[str], nproc: int = 1) -> None:
-    """Run ``cells`` one after another: in this process, or each under ``torchrun --nproc_per_node nproc``."""
+CONSOLE_FILE = "console.log"      # a cell's console output when it runs beside others (``jobs`` > 1)
+
+
+def run_local(sweep: Sweep, cells: Sequence[Cell], root: Path, overrides: Sequence[str], nproc: int = 1,
+              jobs: int = 1, threads: int = 1) -> None:
+    """Run ``cells`` one after another (in this process, or each under ``torchrun --nproc_per_node nproc``)
+    or, with ``jobs`` > 1, that many at once, each in a process of its own with ``threads`` torch threads."""
+    if jobs > 1:
+        if nproc > 1:
+            raise ConfigError(f"--jobs {jobs} with --nproc-per-cell {nproc}: run cells at once or each as a "
+                              "torchrun job, not both")
+        run_parallel(sweep, cells, root, overrides, jobs, threads)
+        return
     for cell in cells:
         print(f"cell {cell}", flush=True)
         if nproc == 1:
@@ -38,6 +55,47 @@ def run_local(sweep: Sweep, cells: Sequence[Cell], root: Path, overrides: Sequen
         if subprocess.run(command, check=False).returncode != 0:
             raise ConfigError(f"cell {cell} failed (its torchrun job's errors are above; the log is in "
                               f"{cell.folder(root)}); the same command resumes the sweep")
+
+
+def _cell_process(sweep: Sweep, cell: Cell, root: Path, overrides: list[str], threads: int) -> float:
+    """One cell in a worker process: its console output goes to <cell>/console.log; returns its minutes."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    started = time.time()
+    folder = cell.folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / CONSOLE_FILE, "a") as console, contextlib.redirect_stdout(console), \
+            contextlib.redirect_stderr(console):
+        try:
+            run_cell(sweep, cell, root, overrides)
+        except BaseException:
+            traceback.print_exc()
+            raise
+    return (time.time() - started) / 60
+
+
+def run_parallel(sweep: Sweep, cells: Sequence[Cell], root: Path, overrides: Sequence[str], jobs: int,
+                 threads: int) -> None:
+    """Run ``cells`` ``jobs`` at a time in spawned processes; every cell runs even when another fails."""
+    failed = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cells)), mp_context=context) as pool:
+        futures = {}
+        for cell in cells:
+            futures[pool.submit(_cell_process, sweep, cell, root, list(overrides), threads)] = cell
+            print(f"cell {cell} (console: {cell.folder(root) / CONSOLE_FILE})", flush=True)
+        for future in as_completed(futures):
+            cell = futures[future]
+            try:
+                print(f"cell {cell} finished in {future.result():.1f} minutes", flush=True)
+            except Exception as err:          # its traceback is in the cell's console.log
+                failed.append(f"{cell} ({str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)})")
+    if failed:
+        raise ConfigError(f"{len(failed)} cell(s) failed: {'; '.join(failed)}; see their {CONSOLE_FILE}; "
+                          "the same command resumes the sweep")
 
 
 def _cell_job(sweep: Sweep, cell: Cell, root: str, overrides: list[str]) -> dict[str, float]:
