@@ -261,3 +261,38 @@ def test_the_slurm_launcher_through_submitits_local_executor(tmp_path, scenes, m
     assert summary["variants"]["full"]["metrics"]["trained_static"]["values"] == [stored["metrics"]["trained_static"]]
     assert 0 <= stored["metrics"]["trained_static"] <= 1
     assert list((tmp_path / "w" / "submitit").iterdir())                       # the job's folder with its logs
+
+
+def test_cells_side_by_side_match_the_cells_run_in_this_process(tmp_path, scenes, monkeypatch):
+    """--jobs 2: each cell runs in a process of its own (one torch thread, console in <cell>/console.log)
+    and stores what the same cell run here with one thread stores; a failing cell does not stop the
+    others and ends the sweep with one line naming it."""
+    monkeypatch.chdir(ROOT)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    text = GOOD.replace("  no_lvc: [lvc.enabled=false]\n", f"  broken: [clip.pretrained={garbage}]\n")
+    sweep = load_sweep(write_sweep(tmp_path, text))
+    overrides = [*real_overrides(scenes, tmp_path / "cache"), "train.max_iters=2", "train.eval_interval=2",
+                 "lvc.start_iter=1", "train.aff_switch_iter=1"]
+    with pytest.raises(ConfigError) as err:
+        ablate.run_sweep(sweep, tmp_path / "side", (0, 1), overrides, jobs=2, threads=1)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and message.startswith("2 cell(s) failed: broken/seed_")
+    assert "console.log" in message
+    for seed in (0, 1):
+        console = (Cell("full", seed).folder(tmp_path / "side") / "console.log").read_text()
+        assert "iter" in console                                       # the cell's training log went there
+        assert "Traceback" in (Cell("broken", seed).folder(tmp_path / "side") / "console.log").read_text()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = load_sweep(write_sweep(tmp_path, GOOD.replace("  no_lvc: [lvc.enabled=false]\n", "")))
+        here = ablate.run_sweep(alone, tmp_path / "here", (0, 1), overrides)
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        stored = [json.loads((Cell("full", seed).folder(tmp_path / run) / "cell.json").read_text())["metrics"]
+                  for run in ("side", "here")]
+        assert stored[0] == stored[1]
+    assert here["variants"]["full"]["metrics"]["trained_static"]["n"] == 2

@@ -140,10 +140,11 @@ def test_demo_refuses_a_dataset_from_an_older_generator_or_other_sizes(tmp_path,
     assert not (tmp_path / "work").exists()
 
 
-def test_demo_refuses_a_seed_count_below_one(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--seeds", "--threads"])
+def test_demo_refuses_a_seed_or_thread_count_below_one(tmp_path, capsys, option):
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--seeds", "0", "--root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")])
+        demo.main([option, "0", "--root", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --seeds 0") and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {option} 0") and len(err.splitlines()) == 1
     assert not (tmp_path / "data").exists() and not (tmp_path / "work").exists()
