@@ -78,9 +78,11 @@ def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
             raise ConfigError(f"{key}={value} exceeds the {depth} blocks of the CLIP image encoder "
                               f"{clip_model_name(cfg)}; use at most {depth}")
     text = build_text_matrix(cfg, clip_model)
-    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records)
+    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records,
+                               record_attention=cfg.cam.affinity_layers)
     head = build_head(cfg, encoder.num_layers, encoder.width)
-    return ExCEL(encoder, text, cfg.dataset.num_classes, head, cfg.lvc.mean_weight, cfg.lvc.scale).to(device)
+    return ExCEL(encoder, text, cfg.dataset.num_classes, head, cfg.lvc.mean_weight, cfg.lvc.scale,
+                 cfg.precision).to(device)
 
 
 def build_par(cfg: DictConfig) -> PAR:

@@ -34,7 +34,13 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+RETIRED_KEYS = {"train.amp": "it was replaced by the top-level key precision (fp32, bf16 or fp16)"}
+
+
 def _key_error(key: str, source: str) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"config key '{key}' in {source} is no longer read: {RETIRED_KEYS[key]}; "
+                           f"remove it and set e.g. precision=bf16")
     section = key.split(".")[0]
     related = [k for k in _valid_keys(DEFAULTS) if k.split(".")[0] == section]
     valid = related or sorted({k.split(".")[0] for k in _valid_keys(DEFAULTS)})

@@ -67,6 +67,7 @@ from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
+from excel.utils.precision import grad_scaler
 from excel.utils.stop import StopRequest, TrainingStopped
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -116,8 +117,7 @@ class Trainer:
                                                broadcast_buffers=False)
         self.optimizer = build_optimizer(cfg, self.model.head.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         self.par = build_par(cfg).to(self.device)
         self.start_iter = 0
         if resume is not None:
@@ -151,12 +151,12 @@ class Trainer:
     def dynamic_phase(self, it: int) -> bool:
         return bool(self.cfg.lvc.enabled) and it >= self.cfg.lvc.start_iter
 
-    def train_step(self, batch: dict, it: int) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: dict, it: int, check_finite: bool = True) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
         try:
             return training_step(self.net, images, cls_labels, it, self.cfg, self.par, self.optimizer,
-                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), amp=self.amp)
+                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), check_finite=check_finite)
         except TrainingError as err:
             raise TrainingError(f"{err}; stopping. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}") from None
@@ -181,9 +181,10 @@ class Trainer:
                 for it in bar:
                     if it == cfg.lvc.start_iter and self.dynamic_phase(it):
                         log.info("iteration %d: switching to dynamic CAMs (LVC)", it)
-                    step = self.train_step(next(data), it)
                     done = it + 1
-                    if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
+                    logged = done % cfg.train.log_interval == 0 or done == cfg.train.max_iters
+                    step = self.train_step(next(data), it, check_finite=logged)     # no host sync in between
+                    if logged:
                         self._log_step(step, done, started)
                     if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
                         self.save(done)
