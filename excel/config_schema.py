@@ -280,7 +280,7 @@ MEANINGS: dict[str, str] = {
     "head.decoder_mlp_ratio": "MLP width of a decoder layer, as a multiple of its width",
     "head.affinity_scale": "scale of the decoder affinity Â",
     "train.max_iters": "training iterations",
-    "train.batch_size": "images per iteration (per process)",
+    "train.batch_size": "images per iteration over all processes (each of P processes takes batch_size / P)",
     "train.seed": "seed of the data order, augmentation and initialisation",
     "train.crop_size": "side of the square training crop",
     "train.scale_range": "random rescale range [low, high] of the training augmentation",

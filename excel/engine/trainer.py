@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from excel.builders import (
@@ -67,7 +67,7 @@ from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
-from excel.utils.precision import grad_scaler
+from excel.utils.precision import enable_tf32, grad_scaler
 from excel.utils.stop import StopRequest, TrainingStopped
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -85,6 +85,7 @@ class Trainer:
         ``follow_checkpoint``: a resumed checkpoint's own work_dir replaces ``cfg.work_dir``."""
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.device)
+        enable_tf32(self.device)
         dist.init_distributed(self.device, cfg.dist.timeout_s)
         restarted = dist.max_over_ranks(dist.restart_count()) > 0     # agents count their own restarts
         plan = dist.on_main(lambda: plan_start(cfg, resume, follow_checkpoint, restarted, dist.job_id()))
@@ -99,10 +100,11 @@ class Trainer:
         # The data first: a missing or too small dataset is reported before anything is loaded or written.
         train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
         self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
-        if len(train_set) < cfg.train.batch_size * dist.world_size():
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} × {dist.world_size()} process(es) needs at least "
-                              f"that many images, but split {cfg.dataset.train_split!r} has {len(train_set)}; lower "
-                              "train.batch_size or use a larger split")
+        self.batch_per_process = per_process_batch(cfg.train.batch_size, dist.world_size())
+        if len(train_set) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} needs at least that many images, but split "
+                              f"{cfg.dataset.train_split!r} has {len(train_set)}; lower train.batch_size or use a "
+                              "larger split")
         self._lock: RunLock | None = None
         dist.on_main(lambda: self._prepare_work_dir(plan))
         setup_logging(self.work_dir / "train.log")
@@ -123,9 +125,9 @@ class Trainer:
         if resume is not None:
             self._resume(resume, resume_state)
 
-        sampler = EpochIndexSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, self.start_iter,
+        sampler = EpochIndexSampler(len(train_set), self.batch_per_process, cfg.train.seed, self.start_iter,
                                     dist.rank(), dist.world_size())
-        self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=cfg.train.batch_size, sampler=sampler,
+        self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=self.batch_per_process, sampler=sampler,
                                  num_workers=cfg.train.num_workers, collate_fn=collate,
                                  generator=torch.Generator(), persistent_workers=cfg.train.num_workers > 0,
                                  pin_memory=self.device.type == "cuda")
@@ -249,8 +251,12 @@ class Trainer:
         if cfg.train.eval_max_images is not None:
             indices = indices[: cfg.train.eval_max_images]
         pseudo, decoder = ConfusionMeter(num), ConfusionMeter(num)
-        for index in tqdm(dist.shard(indices), disable=not dist.is_main(), desc="val", leave=False):
-            sample = self.val_set[index]
+        mine = dist.shard(indices)
+        samples = DataLoader(ValidationSamples(self.val_set, mine), batch_size=None,
+                             num_workers=min(cfg.train.num_workers, len(mine)))     # images decoded in workers
+        for sample in tqdm(samples, disable=not dist.is_main(), desc="val", leave=False):
+            if isinstance(sample, Exception):
+                raise sample
             pred = predict_image(self.model, sample["image"][None].to(self.device), sample["cls_label"][None].to(self.device),
                                  tuple(sample["mask"].shape), mode="validation", input_size=cfg.cam.input_size,
                                  box_threshold=cfg.cam.val_box_threshold, affinity_layers=cfg.cam.affinity_layers,
@@ -280,7 +286,7 @@ class Trainer:
             raise TrainingError(f"the head's weights became non-finite (NaN or infinite) by iteration {it}; "
                                 "stopping without saving them. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
-        rng = dist.gather_to_main(dist.rng_state())          # every rank's dropout RNG, for an exact resume
+        rng = dist.gather_to_main(dist.rng_state(self.device))    # every rank's dropout RNG, for an exact resume
         dist.on_main(lambda: self._write_checkpoint(path, it, rng))
         self.last_checkpoint = path
 
@@ -313,10 +319,35 @@ class Trainer:
         self.start_iter = int(state["iteration"])
         ranks = state.get("rng_ranks") or []
         rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        dist.set_rng_state(rng, self.device)
         log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+
+class ValidationSamples(Dataset):
+    """The validation samples at ``indices``; a sample that cannot be read is returned as its error, so that
+    a DataLoader worker hands it to the main process as the one-line error it is (not a worker traceback)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict | Exception:
+        try:
+            return self.dataset[self.indices[item]]
+        except (DatasetError, FileNotFoundError) as err:
+            return err
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """train.batch_size is the global batch: each of ``processes`` takes an equal share; refused when the
+    share is not whole."""
+    if batch_size % processes:
+        raise ConfigError(f"train.batch_size={batch_size} is the batch over all processes and must be divisible "
+                          f"by the {processes} processes of this job; use a multiple of {processes}, or start a "
+                          f"number of processes that divides {batch_size}")
+    return batch_size // processes
 
 
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
@@ -383,10 +414,11 @@ def train(cfg: DictConfig, resume: str | None = None, follow_checkpoint: bool = 
     """Train with `cfg`; returns the finished trainer. ``resume``: a checkpoint, ``"auto"`` (the newest in
     work_dir, if any) or None; ``follow_checkpoint``: continue in the resumed checkpoint's own work_dir.
 
-    With ``train.retain_freed_memory`` the process's C allocator keeps freed memory from here on
-    (excel/utils/allocator.py), so each iteration reuses the pages of the last.
+    With ``train.retain_freed_memory`` a CPU job's C allocator keeps freed memory from here on
+    (excel/utils/allocator.py), so each iteration reuses the pages of the last (a GPU job's tensors live in
+    torch's own CUDA allocator, so it is left alone there).
     """
-    if cfg.train.retain_freed_memory:
+    if cfg.train.retain_freed_memory and dist.resolve_device(cfg.device).type == "cpu":
         retain_freed_memory()
     trainer = None
     try:
