@@ -96,8 +96,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def load_config_text(text: str, source: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides."""
+    """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides.
+
+    Saved configs hold every key of their day: retired keys (:data:`RETIRED_KEYS`) are dropped, not refused.
+    """
     data = _sections(lambda: OmegaConf.create(text), f"the config in {source}")
+    for key in RETIRED_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     for key in _unknown_keys(data, DEFAULTS):
         raise _key_error(key, source)
     return _finish(data, overrides)

@@ -130,3 +130,11 @@ def test_precision_is_checked_and_the_old_key_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^config key 'train.amp' in .*old.yaml is no longer read: .*precision") as info:
         load_config(old)
     assert "\n" not in str(info.value)
+
+
+def test_a_saved_config_with_the_old_key_still_loads():
+    """Checkpoints written before `precision` hold train.amp in their config: dropped there, not refused."""
+    from excel.config import load_config_text
+
+    cfg = load_config_text("train:\n  amp: false\n  max_iters: 7\n", "checkpoint old.pth")
+    assert cfg.train.max_iters == 7 and cfg.precision == "fp32" and "amp" not in cfg.train
