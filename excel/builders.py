@@ -24,6 +24,7 @@ from excel.modeling.text_enrichment import (
     load_or_build_bank,
     text_matrix,
 )
+from excel.utils.precision import enable_tf32
 
 
 def clip_model_name(cfg: DictConfig) -> str:
@@ -70,7 +71,9 @@ def build_head(cfg: DictConfig, num_layers: int, width: int) -> ExCELHead:
 
 
 def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
-    """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
+    """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower. On CUDA, fp32
+    matrix products may use TF32 from here on (training and every inference path build their model here)."""
+    enable_tf32(torch.device(device))
     clip_model = build_clip(cfg, device)
     depth = len(clip_model.visual.transformer.resblocks)
     for key, value in (("svc.layers", cfg.svc.layers), ("cam.affinity_layers", cfg.cam.affinity_layers)):

@@ -319,7 +319,7 @@ MEANINGS: dict[str, str] = {
     "crf.bilateral_compat": "weight of the appearance kernel",
     "crf.workers": "CRF worker processes (0: in the inference process)",
     "dist.timeout_s": "seconds a collective waits for a gone or stopped peer before the rank stops with the last checkpoint",
-    "device": "auto (a GPU when one is visible), cpu, cuda or cuda:N",
+    "device": "auto (each process its GPU when one is visible), cpu, cuda (each process cuda:LOCAL_RANK) or cuda:N (one process)",
     "precision": "compute precision of training and inference: fp32, bf16 or fp16 (autocast; docs/precision.md)",
     "work_dir": "output folder of a run",
 }

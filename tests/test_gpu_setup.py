@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from excel.config import ConfigError
-from excel.engine.trainer import per_process_batch
+from excel.data.sampler import per_process_batch
 from excel.utils import distributed as dist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,14 +70,17 @@ def test_rng_state_restores_this_ranks_own_gpu_state(monkeypatch):
 
 @pytest.mark.parametrize("batch,processes,share", [(4, 1, 4), (4, 2, 2), (4, 4, 1), (8, 4, 2)])
 def test_global_batch_is_shared_by_the_processes(batch, processes, share):
-    assert per_process_batch(batch, processes) == share
+    assert per_process_batch(batch, processes, 100, "train") == share
 
 
 def test_global_batch_that_does_not_divide_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^train.batch_size=4 is the batch over all processes and must be "
                                           r"divisible by the 3 processes") as info:
-        per_process_batch(4, 3)
+        per_process_batch(4, 3, 100, "train")
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^train.batch_size=4 needs at least that many images, but split 'tiny' "
+                                          r"has 3; lower train.batch_size"):
+        per_process_batch(4, 2, 3, "tiny")
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

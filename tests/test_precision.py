@@ -138,3 +138,15 @@ def test_a_saved_config_with_the_old_key_still_loads():
 
     cfg = load_config_text("train:\n  amp: false\n  max_iters: 7\n", "checkpoint old.pth")
     assert cfg.train.max_iters == 7 and cfg.precision == "fp32" and "amp" not in cfg.train
+
+
+def test_tf32_is_enabled_on_cuda_only(monkeypatch):
+    from excel.utils.precision import enable_tf32
+
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda mode: calls.append(mode))
+    enable_tf32(torch.device("cpu"))
+    assert calls == []
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    enable_tf32(torch.device("cuda", 0))
+    assert calls == ["high"] and torch.backends.cudnn.allow_tf32

@@ -53,7 +53,7 @@ from excel.labels.refine import label_maps, labels_from_maps, last_layers_affini
 from excel.modeling.model import ExCEL
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.distributed import resolve_device
-from excel.utils.precision import autocast, enable_tf32, grad_scaler
+from excel.utils.precision import autocast, grad_scaler
 
 RANDOM_WEIGHTS = ["clip.pretrained=null", "tse.enabled=false"]
 BATCH_FORWARD, IMAGE_FORWARD = "frozen_forward", "frozen_forward_image"
@@ -227,7 +227,6 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
         torch.set_num_threads(threads)
         if cfg.train.retain_freed_memory:          # as in training (excel/engine/trainer.py)
             retain_freed_memory()
-    enable_tf32(device)
     load_before = os.getloadavg()
     torch.manual_seed(0)
     model = build_model(cfg, device)

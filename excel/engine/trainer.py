@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from excel.builders import (
@@ -36,7 +36,7 @@ from excel.builders import (
 from excel.config import ConfigError, as_list, save_config
 from excel.data.dataset import collate
 from excel.data.layout import dataset_folders
-from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
+from excel.data.sampler import EpochAwareDataset, EpochIndexSampler, ValidationSamples, per_process_batch
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
@@ -67,7 +67,7 @@ from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
-from excel.utils.precision import enable_tf32, grad_scaler
+from excel.utils.precision import grad_scaler
 from excel.utils.stop import StopRequest, TrainingStopped
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -85,7 +85,6 @@ class Trainer:
         ``follow_checkpoint``: a resumed checkpoint's own work_dir replaces ``cfg.work_dir``."""
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.device)
-        enable_tf32(self.device)
         dist.init_distributed(self.device, cfg.dist.timeout_s)
         restarted = dist.max_over_ranks(dist.restart_count()) > 0     # agents count their own restarts
         plan = dist.on_main(lambda: plan_start(cfg, resume, follow_checkpoint, restarted, dist.job_id()))
@@ -100,11 +99,8 @@ class Trainer:
         # The data first: a missing or too small dataset is reported before anything is loaded or written.
         train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
         self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
-        self.batch_per_process = per_process_batch(cfg.train.batch_size, dist.world_size())
-        if len(train_set) < cfg.train.batch_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} needs at least that many images, but split "
-                              f"{cfg.dataset.train_split!r} has {len(train_set)}; lower train.batch_size or use a "
-                              "larger split")
+        self.batch_per_process = per_process_batch(cfg.train.batch_size, dist.world_size(), len(train_set),
+                                                   cfg.dataset.train_split)
         self._lock: RunLock | None = None
         dist.on_main(lambda: self._prepare_work_dir(plan))
         setup_logging(self.work_dir / "train.log")
@@ -251,9 +247,8 @@ class Trainer:
         if cfg.train.eval_max_images is not None:
             indices = indices[: cfg.train.eval_max_images]
         pseudo, decoder = ConfusionMeter(num), ConfusionMeter(num)
-        mine = dist.shard(indices)
-        samples = DataLoader(ValidationSamples(self.val_set, mine), batch_size=None,
-                             num_workers=min(cfg.train.num_workers, len(mine)))     # images decoded in workers
+        samples = DataLoader(ValidationSamples(self.val_set, dist.shard(indices)), batch_size=None,
+                             num_workers=cfg.train.num_workers)                     # images decoded in workers
         for sample in tqdm(samples, disable=not dist.is_main(), desc="val", leave=False):
             if isinstance(sample, Exception):
                 raise sample
@@ -323,33 +318,6 @@ class Trainer:
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
 
-class ValidationSamples(Dataset):
-    """The validation samples at ``indices``; a sample that cannot be read is returned as its error, so that
-    a DataLoader worker hands it to the main process as the one-line error it is (not a worker traceback)."""
-
-    def __init__(self, dataset: Dataset, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, item: int) -> dict | Exception:
-        try:
-            return self.dataset[self.indices[item]]
-        except (DatasetError, FileNotFoundError) as err:
-            return err
-
-
-def per_process_batch(batch_size: int, processes: int) -> int:
-    """train.batch_size is the global batch: each of ``processes`` takes an equal share; refused when the
-    share is not whole."""
-    if batch_size % processes:
-        raise ConfigError(f"train.batch_size={batch_size} is the batch over all processes and must be divisible "
-                          f"by the {processes} processes of this job; use a multiple of {processes}, or start a "
-                          f"number of processes that divides {batch_size}")
-    return batch_size // processes
-
-
 def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
     """Refuse a resume whose optimisation settings differ from the checkpoint's (unless
     train.resume_allow_changes) or that has nothing left to train, and a work_dir inside a dataset's image /
@@ -415,8 +383,7 @@ def train(cfg: DictConfig, resume: str | None = None, follow_checkpoint: bool = 
     work_dir, if any) or None; ``follow_checkpoint``: continue in the resumed checkpoint's own work_dir.
 
     With ``train.retain_freed_memory`` a CPU job's C allocator keeps freed memory from here on
-    (excel/utils/allocator.py), so each iteration reuses the pages of the last (a GPU job's tensors live in
-    torch's own CUDA allocator, so it is left alone there).
+    (excel/utils/allocator.py), so each iteration reuses the pages of the last (GPU tensors: torch's allocator).
     """
     if cfg.train.retain_freed_memory and dist.resolve_device(cfg.device).type == "cpu":
         retain_freed_memory()
