@@ -24,7 +24,7 @@ MASTER_PORT=${MASTER_PORT:-$(free_port)}
 
 ARGS=("dataset.split=$SPLIT")
 [ -z "$CHECKPOINT" ] || ARGS=(--checkpoint "$CHECKPOINT" "${ARGS[@]}")
-ARGS+=("${DEVICE_ARGS[@]}")
+ARGS+=(${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"})
 
 # The user's options and overrides come last (any order): they win over the launcher's.
 run_ranks --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" "$SCRIPT" "${ARGS[@]}" "$@"

@@ -31,4 +31,4 @@ MASTER_PORT=${MASTER_PORT:-$(free_port)}
 
 # The user's options and overrides come last (any order): they win over the launcher's.
 run_ranks --nproc_per_node="$GPU_NUMBER" --master_port="$MASTER_PORT" \
-    "$SCRIPT" --split "$SPLIT" --checkpoint "$CHECKPOINT" "${DEVICE_ARGS[@]}" "$@"
+    "$SCRIPT" --split "$SPLIT" --checkpoint "$CHECKPOINT" ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} "$@"

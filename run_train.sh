@@ -43,7 +43,7 @@ else
     RENDEZVOUS=(--nnodes=1 --master_addr=127.0.0.1 --master_port="$MASTER_PORT")
 fi
 
-EXTRA=("${DEVICE_ARGS[@]}")
+EXTRA=(${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"})
 if [ -n "$TAG" ]; then
     DATASET=$(basename "$SCRIPT" .py); DATASET=${DATASET#train_}
     EXTRA+=("work_dir=work_dirs/${DATASET}_${TAG}")
@@ -53,4 +53,4 @@ fi
 run_ranks \
     "${RENDEZVOUS[@]}" --rdzv-id="$RUN_ID" --max-restarts="${MAX_RESTARTS:-0}" \
     --nproc_per_node="$GPU_NUMBER" \
-    "$SCRIPT" "${EXTRA[@]}" "$@"
+    "$SCRIPT" ${EXTRA[@]+"${EXTRA[@]}"} "$@"

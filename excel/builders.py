@@ -24,6 +24,7 @@ from excel.modeling.text_enrichment import (
     load_or_build_bank,
     text_matrix,
 )
+from excel.utils.precision import enable_tf32
 
 
 def clip_model_name(cfg: DictConfig) -> str:
@@ -70,7 +71,9 @@ def build_head(cfg: DictConfig, num_layers: int, width: int) -> ExCELHead:
 
 
 def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
-    """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower."""
+    """ExCEL from a config: loads CLIP, builds the text matrix, keeps only the image tower. On CUDA, fp32
+    matrix products may use TF32 from here on (training and every inference path build their model here)."""
+    enable_tf32(torch.device(device))
     clip_model = build_clip(cfg, device)
     depth = len(clip_model.visual.transformer.resblocks)
     for key, value in (("svc.layers", cfg.svc.layers), ("cam.affinity_layers", cfg.cam.affinity_layers)):
@@ -78,9 +81,11 @@ def build_model(cfg: DictConfig, device: torch.device | str = "cpu") -> ExCEL:
             raise ConfigError(f"{key}={value} exceeds the {depth} blocks of the CLIP image encoder "
                               f"{clip_model_name(cfg)}; use at most {depth}")
     text = build_text_matrix(cfg, clip_model)
-    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records)
+    encoder = DenseCLIPEncoder(clip_model.visual, cfg.svc.layers, cfg.svc.enabled, cfg.svc.published_layer_records,
+                               record_attention=cfg.cam.affinity_layers)
     head = build_head(cfg, encoder.num_layers, encoder.width)
-    return ExCEL(encoder, text, cfg.dataset.num_classes, head, cfg.lvc.mean_weight, cfg.lvc.scale).to(device)
+    return ExCEL(encoder, text, cfg.dataset.num_classes, head, cfg.lvc.mean_weight, cfg.lvc.scale,
+                 cfg.precision).to(device)
 
 
 def build_par(cfg: DictConfig) -> PAR:

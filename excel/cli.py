@@ -23,7 +23,7 @@ from excel.modeling.checkpoint import CheckpointError
 from excel.modeling.clip_loader import CLIPLoadError
 from excel.modeling.description_file import DescriptionError
 from excel.modeling.text_enrichment import KnowledgeBankError
-from excel.utils.distributed import PeerLostError
+from excel.utils.distributed import DeviceError, PeerLostError
 from excel.utils.logging import setup_logging
 from excel.utils.parent_watch import exit_with_parent
 from excel.utils.stop import TrainingStopped
@@ -31,7 +31,7 @@ from excel.utils.stop import TrainingStopped
 T = TypeVar("T")
 
 USER_ERRORS = (ConfigError, CheckpointError, CLIPLoadError, DatasetError, DescriptionError, KnowledgeBankError,
-               FileNotFoundError, PeerLostError)
+               FileNotFoundError, PeerLostError, DeviceError)
 
 INTERRUPTED_EXIT_CODE = 130                # what shells report for a command ended by Ctrl-C (128 + SIGINT)
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"   # set by torchrun in the environment of every rank it starts

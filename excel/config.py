@@ -34,7 +34,13 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+RETIRED_KEYS = {"train.amp": "it was replaced by the top-level key precision (fp32, bf16 or fp16)"}
+
+
 def _key_error(key: str, source: str) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"config key '{key}' in {source} is no longer read: {RETIRED_KEYS[key]}; "
+                           f"remove it and set e.g. precision=bf16")
     section = key.split(".")[0]
     related = [k for k in _valid_keys(DEFAULTS) if k.split(".")[0] == section]
     valid = related or sorted({k.split(".")[0] for k in _valid_keys(DEFAULTS)})
@@ -90,8 +96,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def load_config_text(text: str, source: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides."""
+    """Defaults ← a resolved config saved as YAML text (e.g. a checkpoint's ``config``) ← overrides.
+
+    Saved configs hold every key of their day: retired keys (:data:`RETIRED_KEYS`) are dropped, not refused.
+    """
     data = _sections(lambda: OmegaConf.create(text), f"the config in {source}")
+    for key in RETIRED_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     for key in _unknown_keys(data, DEFAULTS):
         raise _key_error(key, source)
     return _finish(data, overrides)

@@ -78,7 +78,6 @@ DEFAULTS: dict[str, Any] = {
         "max_iters": 30000,
         "batch_size": 4,
         "seed": 0,
-        "amp": False,
         "crop_size": 320,
         "scale_range": [0.5, 2.0],
         "max_class_ratio": 0.75,
@@ -126,6 +125,7 @@ DEFAULTS: dict[str, Any] = {
         "timeout_s": 900,                   # collective timeout: a gone peer ends the rank after it
     },
     "device": "auto",
+    "precision": "fp32",
     "work_dir": "work_dirs/run",
 }
 
@@ -188,7 +188,6 @@ RULES: dict[str, Rule] = {
     "train.max_iters": int_rule(1),
     "train.batch_size": int_rule(1),
     "train.seed": int_rule(0),
-    "train.amp": _BOOL,
     "train.overwrite": _BOOL,
     "train.resume_allow_changes": _BOOL,
     "train.retain_freed_memory": _BOOL,
@@ -227,6 +226,7 @@ RULES: dict[str, Rule] = {
     "crf.workers": int_rule(0),
     "dist.timeout_s": _POSITIVE,
     "device": str_rule(pattern=r"auto|cpu|cuda(:\d+)?", pattern_text="auto, cpu, cuda or cuda:N"),
+    "precision": str_rule("fp32", "bf16", "fp16"),
     "work_dir": str_rule(),
 }
 
@@ -280,9 +280,8 @@ MEANINGS: dict[str, str] = {
     "head.decoder_mlp_ratio": "MLP width of a decoder layer, as a multiple of its width",
     "head.affinity_scale": "scale of the decoder affinity Â",
     "train.max_iters": "training iterations",
-    "train.batch_size": "images per iteration (per process)",
+    "train.batch_size": "images per iteration over all processes (each of P processes takes batch_size / P)",
     "train.seed": "seed of the data order, augmentation and initialisation",
-    "train.amp": "mixed precision (autocast) on a GPU",
     "train.crop_size": "side of the square training crop",
     "train.scale_range": "random rescale range [low, high] of the training augmentation",
     "train.max_class_ratio": "a crop where one class covers this share of the labelled pixels is drawn again",
@@ -320,6 +319,7 @@ MEANINGS: dict[str, str] = {
     "crf.bilateral_compat": "weight of the appearance kernel",
     "crf.workers": "CRF worker processes (0: in the inference process)",
     "dist.timeout_s": "seconds a collective waits for a gone or stopped peer before the rank stops with the last checkpoint",
-    "device": "auto (a GPU when one is visible), cpu, cuda or cuda:N",
+    "device": "auto (each process its GPU when one is visible), cpu, cuda (each process cuda:LOCAL_RANK) or cuda:N (one process)",
+    "precision": "compute precision of training and inference: fp32, bf16 or fp16 (autocast; docs/precision.md)",
     "work_dir": "output folder of a run",
 }

@@ -196,3 +196,24 @@ def test_config_default_reproduces_the_published_records():
     sweep = load_sweep("configs/ablations/voc.yaml")
     for variant in sweep.variants:
         assert sweep.config(variant).svc.published_layer_records is True, variant
+
+
+@pytest.mark.parametrize("recorded", [1, 6])
+def test_fused_attention_in_unrecorded_blocks_equals_the_explicit_form(tiny_clip, images, recorded):
+    """Blocks whose maps nothing reads run scaled_dot_product_attention: the outputs equal the reference
+    (explicit softmax) forward and the all-explicit encoder up to float32 rounding; the maps kept are the
+    last ones of the all-explicit encoder."""
+    explicit = DenseCLIPEncoder(tiny_clip.visual)(images)
+    fused = DenseCLIPEncoder(tiny_clip.visual, record_attention=recorded)(images)
+    with torch.no_grad():
+        expected = reference_forward(tiny_clip.visual, images)
+    torch.testing.assert_close(fused.tokens, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.layer_outputs, explicit.layer_outputs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.lvc_values, explicit.lvc_values, atol=1e-5, rtol=1e-5)
+    assert fused.attn_maps.shape[0] == recorded
+    torch.testing.assert_close(fused.attn_maps, explicit.attn_maps[-recorded:], atol=1e-6, rtol=1e-5)
+
+
+def test_recorded_attention_count_is_checked(tiny_clip):
+    with pytest.raises(ValueError, match="record_attention=13 must be in 1..12"):
+        DenseCLIPEncoder(tiny_clip.visual, record_attention=13)

@@ -21,8 +21,8 @@ def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
                             "infer.scales=[1.0,1.5]", "par.iters=2", "lvc.start_iter=5"])
     finally:
         torch.set_num_threads(threads)
-    saved = json.loads((tmp_path / "benchmark_cpu.json").read_text())
-    assert (tmp_path / "benchmark_cpu.md").read_text().count("\n| ") >= len(saved["stages"])
+    saved = json.loads((tmp_path / "benchmark_cpu_fp32.json").read_text())
+    assert (tmp_path / "benchmark_cpu_fp32.md").read_text().count("\n| ") >= len(saved["stages"])
     assert saved["stages"].keys() == {
         "frozen_forward", "head_forward", "static_cam", "dynamic_cam", "affinity_refinement", "par", "losses",
         "backward_step", "static_iteration", "dynamic_iteration", "frozen_forward_image", "training_free_label",
@@ -52,3 +52,21 @@ def test_benchmark_writes_every_stage(tiny_clip_files, tmp_path):
 def test_benchmark_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         benchmark.main(["--repeats", "0", "--out", str(tmp_path)])
+
+
+def test_benchmark_reports_of_two_precisions_sit_side_by_side(tiny_clip_files, tmp_path):
+    config, checkpoint = tiny_clip_files
+    threads = torch.get_num_threads()
+    common = ["--repeats", "1", "--warmup", "0", "--threads", "1", "--label-size", "32", "32", "--out", str(tmp_path),
+              f"clip.model_config={config}", f"clip.pretrained={checkpoint}", "head.adapter_dim=32",
+              "head.adapter_hidden=32", "head.decoder_heads=4", "train.batch_size=1", "train.crop_size=64",
+              "cam.input_size=64", "infer.resize=64", "infer.scales=[1.0]", "par.iters=1"]
+    try:
+        for precision in ("fp32", "bf16"):
+            benchmark.main(["--precision", precision, *common])
+    finally:
+        torch.set_num_threads(threads)
+    for precision in ("fp32", "bf16"):
+        saved = json.loads((tmp_path / f"benchmark_cpu_{precision}.json").read_text())
+        assert saved["setup"]["precision"] == saved["setup"]["config"]["precision"] == precision
+        assert f", {precision}, " in (tmp_path / f"benchmark_cpu_{precision}.md").read_text().splitlines()[0]

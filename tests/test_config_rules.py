@@ -44,7 +44,9 @@ def test_shipped_sweeps_and_every_variant_pass(name):
     ("train.batch_size=0", "train.batch_size=0 is not valid: use an integer >= 1 (default: 4)"),
     ("train.eval_interval=0", "train.eval_interval=0 is not valid: use an integer >= 1"),
     ("train.log_interval=0", "train.log_interval=0 is not valid: use an integer >= 1"),
-    ("train.amp=maybe", "train.amp='maybe' is not valid: use true or false"),
+    ("precision=fp8", "precision='fp8' is not valid: use one of fp32, bf16, fp16 (default: fp32)"),
+    ("train.amp=true", "config key 'train.amp' in the command line is no longer read: it was replaced by the "
+                       "top-level key precision"),
     ("train.eval_max_images=0", "train.eval_max_images=0 is not valid: use an integer >= 1, or null"),
     ("train.seed=null", "train.seed=null is not valid: use an integer >= 0 (default: 0)"),
     ("tse.num_clusters=0", "tse.num_clusters=0 is not valid: use an integer >= 1 (default: 112)"),

@@ -389,3 +389,12 @@ def test_evaluation_loader_keeps_sizes(tiny_voc: Path) -> None:
     assert collate(raw_samples[:1])["image"].dtype == torch.uint8
     with pytest.raises(ValueError, match="batch_size=1"):
         collate(raw_samples)
+
+
+def test_normalization_constants_are_made_once_per_device():
+    from excel.data.transforms import normalization_constants
+
+    first = normalization_constants("clip", torch.device("cpu"))
+    again = normalization_constants("clip", None)
+    assert first[0] is again[0] and first[1] is again[1]        # no new tensor (no host copy on a GPU)
+    assert first[0].flatten().tolist() == pytest.approx([0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255])

@@ -46,7 +46,7 @@ esac
 
 def run_overrides(tiny_clip_files, tiny_voc, work: Path) -> list[str]:
     return tiny_overrides(tiny_clip_files, work.parent / "cache", **{
-        "dataset.root": tiny_voc, "train.batch_size": 1, "train.max_iters": MAX_ITERS,
+        "dataset.root": tiny_voc, "train.batch_size": 2, "train.max_iters": MAX_ITERS,
         "train.eval_interval": INTERVAL, "train.log_interval": 3, "train.eval_max_images": 1, "lvc.start_iter": 12,
         "tse.enabled": False, "work_dir": work})
 

@@ -323,3 +323,15 @@ def test_native_par_leaves_the_callers_subnormal_numbers_alone():
     out = PAR(num_iter=3, form="native")(image, masks)
     torch.testing.assert_close(out, StraightforwardPAR(num_iter=3)(image, masks), rtol=0, atol=1e-6)
     assert (tiny * 1.5).item() > 0
+
+
+def test_gather_index_is_int32_on_the_device_and_points_at_each_neighbour():
+    """Every entry of the gather form's index against the padded-plane position written out per pixel."""
+    from excel.labels.par import _gather_index
+
+    offsets, margin, height, width = ((-1, 0), (2, -2), (0, 1)), 2, 3, 4
+    index = _gather_index(height, width, offsets, margin, torch.device("cpu"))
+    assert index.dtype == torch.int32 and index.device.type == "cpu"
+    expected = [(y + margin + dy) * (width + 2 * margin) + (x + margin + dx)
+                for dy, dx in offsets for y in range(height) for x in range(width)]
+    assert index.tolist() == expected

@@ -118,7 +118,7 @@ def test_missing_dataset_names_the_fix(tiny_clip_files, tmp_path):
 def test_two_process_cpu_run_through_launcher(tiny_voc, tiny_clip_files, tmp_path):
     work = tmp_path / "ddp"
     args = tiny_overrides(tiny_clip_files, tmp_path / "cache", **{
-        "dataset.root": tiny_voc, "train.batch_size": 1, "train.max_iters": 4, "train.eval_interval": 4,
+        "dataset.root": tiny_voc, "train.batch_size": 2, "train.max_iters": 4, "train.eval_interval": 4,
         "train.log_interval": 2, "lvc.start_iter": 2, "tse.enabled": False, "work_dir": work})
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", str(ROOT / "run_train.sh"), "scripts/train_voc.py", "0", "2", "", "", *args],
@@ -129,18 +129,31 @@ def test_two_process_cpu_run_through_launcher(tiny_voc, tiny_clip_files, tmp_pat
     assert "iter 4/4" in log and "pseudo_label" in log
 
 
-def test_unreadable_validation_image_is_reported_after_the_checkpoint_is_saved(tiny_voc, tiny_clip_files, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])     # validation images decoded in the process or in workers
+def test_unreadable_validation_image_is_reported_after_the_checkpoint_is_saved(tiny_voc, tiny_clip_files, tmp_path,
+                                                                               workers):
     root = tmp_path / "VOC2012"
     shutil.copytree(tiny_voc, root)
     broken = root / "JPEGImages" / "2007_000042.jpg"           # a val image; the train split never reads it
     broken.write_bytes(broken.read_bytes()[:40])
-    cfg = train_cfg(root, tiny_clip_files, tmp_path, "broken", **{"train.max_iters": 4, "train.eval_interval": 2})
+    cfg = train_cfg(root, tiny_clip_files, tmp_path, "broken", **{"train.max_iters": 4, "train.eval_interval": 2,
+                                                                  "train.num_workers": workers})
     saved = tmp_path / "broken" / "checkpoints" / "iter_000002.pth"
     with pytest.raises(DatasetError, match=rf"validation at iteration 2 failed: cannot decode image {broken}.*"
                                            rf"checkpoint was saved at {saved}.*--resume {saved}"):
         engine.train(cfg)
     state = load_checkpoint(saved)
     assert state["iteration"] == 2 and load_checkpoint(saved.with_name("latest.pth"))["iteration"] == 2
+
+
+def test_validation_with_decoding_workers_scores_as_in_the_process(full_run):
+    trainer, _ = full_run
+    in_process = trainer.validate(24)
+    trainer.cfg.train.num_workers = 2
+    try:
+        assert trainer.validate(24) == in_process
+    finally:
+        trainer.cfg.train.num_workers = 0
 
 
 def test_new_run_into_a_work_dir_with_checkpoints_is_refused(tiny_voc, tiny_clip_files, tmp_path):
@@ -202,10 +215,10 @@ def test_sigterm_saves_the_current_iteration_and_resume_auto_finishes_the_run(fu
     cfg = train_cfg(tiny_voc, tiny_clip_files, tmp, "stopped", **{"train.keep_checkpoints": 1})
     step = engine.Trainer.train_step
 
-    def signalled(self, batch, it):
+    def signalled(self, batch, it, **options):
         if it == 4:
             os.kill(os.getpid(), signal.SIGTERM)          # arrives during iteration 5
-        return step(self, batch, it)
+        return step(self, batch, it, **options)
 
     monkeypatch.setattr(engine.Trainer, "train_step", signalled)
     folder = tmp / "stopped" / "checkpoints"

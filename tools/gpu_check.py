@@ -1,4 +1,4 @@
-"""A timed synthetic training run with AMP, in one table with the benchmark (tools/gpu_check.sh).
+"""The GPU check: CUDA tests, the benchmark per precision and a timed synthetic training run, in one table.
 
 Options: ``--help``; the code is excel/apps/gpu_check.py.
 """

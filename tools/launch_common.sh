@@ -1,8 +1,9 @@
 # Shared by the launchers (run_train.sh, infer_lam.sh, infer_seg_*.sh); source it, do not run it.
 #   pick_python           sets PYTHON: $PYTHON, else ./.venv/bin/python when present, else python
 #   pick_device DEVICES N sets DEVICE_ARGS: () with CUDA_VISIBLE_DEVICES exported when a GPU is usable
-#                         (an error when DEVICES has fewer than N GPUs), else (device=cpu) for N CPU
-#                         processes with gloo
+#                         (an error when DEVICES has fewer than N GPUs, or when nvidia-smi lists GPUs that
+#                         torch cannot use), else (device=cpu) for N CPU processes with gloo. Expand it as
+#                         ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"}: bash <= 4.3 under set -u rejects an empty array
 #   free_port             prints a free TCP port
 #   new_run_id            prints a new random job id (torchrun's --rdzv-id)
 #   check_count NAME VALUE  exits with an error line unless VALUE is a positive integer
@@ -37,9 +38,17 @@ run_ranks() {
 }
 
 pick_device() {
-    local visible=0
+    local visible=0 listed=0
     if command -v nvidia-smi >/dev/null 2>&1; then
+        listed=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
         visible=$(CUDA_VISIBLE_DEVICES=$1 "$PYTHON" -c "import torch; print(torch.cuda.device_count())" || echo 0)
+    fi
+    if [ "$listed" -gt 0 ] && [ "$visible" -eq 0 ] && [ "$("$PYTHON" -c "import torch; print(int(torch.cuda.is_available()))" || echo 0)" = 0 ]; then
+        local driver torch_cuda
+        driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+        torch_cuda=$("$PYTHON" -c "import torch; print(torch.version.cuda or 'none (a CPU-only build)')" || echo unknown)
+        echo "error: nvidia-smi lists $listed GPU(s) but torch cannot use them (torch $("$PYTHON" -c "import torch; print(torch.__version__)" || echo '?'), CUDA build $torch_cuda, driver ${driver:-unknown}); install a torch build for this driver, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU" >&2
+        exit 2
     fi
     if [ "$visible" -gt 0 ]; then
         if [ "$2" -gt "$visible" ]; then

@@ -1,7 +1,7 @@
 """Stage-by-stage timing of ExCEL: the frozen forward, every step of a training iteration, whole
 static- and dynamic-phase iterations, training-free pseudo labels and multi-scale inference.
 
-    python tools/benchmark.py [--device cpu|cuda] [--threads 2] [--repeats 5] [--warmup 1]
+    python tools/benchmark.py [--device cpu|cuda] [--precision fp32|bf16|fp16] [--threads 2] [--repeats 5] [--warmup 1]
                               [--label-size 375 500] [--out DIR] [--config configs/voc.yaml] [section.key=value ...]
 
 The model is the config's (ViT-B/16 for configs/voc.yaml) with random CLIP weights and no text
@@ -21,7 +21,10 @@ Peak memory is the CUDA allocator's peak on a GPU and the process's peak residen
 The report records the date, the machine (CPU model, cores) and the load averages before and after
 the run: on a shared machine, compare the ratios, which are measured in one run.
 
-Writes ``<out>/benchmark_<device>.json`` and the same figures as a Markdown table ``.md``.
+The forward, head and iteration stages run in the config's ``precision`` (``--precision`` sets it).
+
+Writes ``<out>/benchmark_<device>_<precision>.json`` and the same figures as a Markdown table ``.md``, so
+runs on other devices or in other precisions sit side by side in one folder.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from excel.labels.refine import label_maps, labels_from_maps, last_layers_affini
 from excel.modeling.model import ExCEL
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.distributed import resolve_device
+from excel.utils.precision import autocast, grad_scaler
 
 RANDOM_WEIGHTS = ["clip.pretrained=null", "tse.enabled=false"]
 BATCH_FORWARD, IMAGE_FORWARD = "frozen_forward", "frozen_forward_image"
@@ -91,14 +95,13 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
     head = model.head.train()
     optimizer = build_optimizer(cfg, head.parameters())
     scheduler = build_scheduler(cfg, optimizer)
-    amp = bool(cfg.train.amp) and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = grad_scaler(device, cfg.precision)
     par = build_par(cfg).to(device)
     dynamic_iter = int(cfg.lvc.start_iter)
 
-    dense = model.encoder(images)
-    with torch.no_grad():
-        features = head(dense.layer_outputs, dense.grid)[0]
+    dense = model.encode(images)
+    with torch.no_grad(), autocast(device, cfg.precision):
+        features = head(dense.layer_outputs, dense.grid)[0].float()
         cams = model.static_cams(dense)
     layer_aff = last_layers_affinity(dense.attn_maps, cfg.cam.affinity_layers).float()
     par_image = quantised_crop(images, normalization)
@@ -106,7 +109,8 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
     labels = labels_from_maps(par(par_image, maps.maps), maps.keys)
 
     def forward_head(_: Any = None):
-        return head(dense.layer_outputs, dense.grid)
+        with autocast(device, cfg.precision):
+            return head(dense.layer_outputs, dense.grid)
 
     def losses(outputs) -> torch.Tensor:
         return training_losses(outputs[1], outputs[2], labels, dense.grid, 0, cfg)["loss"]
@@ -125,7 +129,7 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
 
         def run(_: Any = None):
             return clock.measure_module(model.encoder, lambda: training_step(
-                model, images, cls_labels, it, cfg, par, optimizer, scheduler, scaler, dynamic=dynamic, amp=amp))
+                model, images, cls_labels, it, cfg, par, optimizer, scheduler, scaler, dynamic=dynamic))
 
         phase = "dynamic phase (LVC)" if dynamic else "static phase"
         return Stage(name, f"whole training iteration, {phase}", f"{name}_forward", run,
@@ -135,7 +139,7 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
     scales = [float(s) for s in as_list(cfg.infer.scales)]
     return [
         Stage(BATCH_FORWARD, f"frozen CLIP forward with SVC, {batch}×3×{crop}×{crop}", BATCH_FORWARD,
-              lambda _: model.encoder(images)),
+              lambda _: model.encode(images)),
         Stage("head_forward", "adapter + decoder + decoder affinity (training mode)", BATCH_FORWARD, forward_head),
         Stage("static_cam", "static CAMs (surgery)", BATCH_FORWARD, lambda _: model.static_cams(dense)),
         Stage("dynamic_cam", "dynamic CAMs (LVC from the cached stream)", BATCH_FORWARD,
@@ -151,7 +155,7 @@ def build_stages(model: ExCEL, cfg: DictConfig, device: torch.device, label_size
         iteration(dynamic=False),
         iteration(dynamic=True),
         Stage(IMAGE_FORWARD, f"frozen CLIP forward with SVC, 1×3×{cfg.cam.input_size}×{cfg.cam.input_size}",
-              IMAGE_FORWARD, lambda _: model.encoder(resize_input(image, cfg.cam.input_size))),
+              IMAGE_FORWARD, lambda _: model.encode(resize_input(image, cfg.cam.input_size))),
         Stage("training_free_label", f"training-free pseudo label of one image, label {label_size[0]}×{label_size[1]}",
               IMAGE_FORWARD,
               lambda _: predict_image(model, image, image_label, label_size, mode="training_free",
@@ -172,6 +176,11 @@ def check_targets(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
             for name, limit in TARGETS.items()}
 
 
+def report_stem(device_type: str, precision: str) -> str:
+    """File stem of a report: ``benchmark_<device>_<precision>``."""
+    return f"benchmark_{device_type}_{precision}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -188,7 +197,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table plus the targets."""
     setup = report["setup"]
     load = setup["load_average"]
-    lines = [f"# ExCEL benchmark ({setup['device']}, {setup['device_name']}, {setup['threads']} threads, "
+    lines = [f"# ExCEL benchmark ({setup['device']}, {setup['device_name']}, {setup['precision']}, "
+             f"{setup['threads']} threads, "
              f"torch {setup['torch']})", "",
              f"{setup['date']}; {setup['cpu']} ({setup['cores']} cores), load averages (1/5/15 min) "
              f"{'/'.join(f'{v:.2f}' for v in load['before'])} before and "
@@ -210,11 +220,13 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label_size: tuple[int, int],
               out_dir: str | Path) -> dict[str, Any]:
-    """Run every stage, write ``benchmark_<device>.json`` and ``.md`` to ``out_dir``; return the report."""
-    torch.set_num_threads(threads)
-    if cfg.train.retain_freed_memory:          # as in training (excel/engine/trainer.py)
-        retain_freed_memory()
+    """Run every stage, write ``benchmark_<device>_<precision>.json`` and ``.md`` to ``out_dir``; return the
+    report. The CPU thread count and the allocator setting apply to CPU runs only (as in training)."""
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+        if cfg.train.retain_freed_memory:          # as in training (excel/engine/trainer.py)
+            retain_freed_memory()
     load_before = os.getloadavg()
     torch.manual_seed(0)
     model = build_model(cfg, device)
@@ -227,6 +239,7 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
                   "cores": os.cpu_count(), "par_form": par_form,
                   "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
                   "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
+                  "precision": cfg.precision,
                   "torch": torch.__version__, "model": cfg.clip.model, "pretrained": cfg.clip.pretrained,
                   "batch_size": cfg.train.batch_size, "crop_size": cfg.train.crop_size,
                   "input_size": cfg.cam.input_size, "label_size": list(label_size), "repeats": repeats,
@@ -235,7 +248,7 @@ def benchmark(cfg: DictConfig, *, threads: int, repeats: int, warmup: int, label
         "targets": check_targets(results),
     }
     out_dir = Path(out_dir)
-    stem = f"benchmark_{device.type}"
+    stem = report_stem(device.type, cfg.precision)
     atomic_write(out_dir / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     atomic_write(out_dir / f"{stem}.md", lambda tmp: tmp.write_text(markdown_table(report)))
     print(markdown_table(report))
@@ -248,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Time every stage of ExCEL training and inference.")
     parser.add_argument("--config", default="configs/voc.yaml", help="YAML config (default: configs/voc.yaml)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                        help="compute precision (default: the config's precision, fp32 unless set)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
@@ -262,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--device {args.device} was asked for but CUDA is not available; use --device cpu")
 
     def run() -> None:
-        cfg = load_config(args.config, [*RANDOM_WEIGHTS, f"device={args.device}", *args.overrides])
+        precision = [f"precision={args.precision}"] if args.precision else []
+        cfg = load_config(args.config, [*RANDOM_WEIGHTS, f"device={args.device}", *precision, *args.overrides])
         benchmark(cfg, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                   label_size=tuple(args.label_size), out_dir=args.out)
 

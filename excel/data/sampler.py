@@ -1,4 +1,5 @@
-"""The training data order: endless, per-epoch permutations that make a resumed run exact."""
+"""The data order: endless, per-epoch permutations that make a resumed run exact; each process's share of the
+global batch; the validation samples of a process."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -6,7 +7,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from excel.config_rules import ConfigError
 from excel.data.dataset import SegmentationDataset
+from excel.io import DatasetError
 
 
 class EpochIndexSampler(Sampler):
@@ -48,3 +51,33 @@ class EpochAwareDataset(Dataset):
         index, epoch = item
         self.dataset.set_epoch(epoch)
         return self.dataset[index]
+
+
+class ValidationSamples(Dataset):
+    """The validation samples at ``indices``; a sample that cannot be read is returned as its error, so that
+    a DataLoader worker hands it to the main process as the one-line error it is (not a worker traceback)."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict | Exception:
+        try:
+            return self.dataset[self.indices[item]]
+        except (DatasetError, FileNotFoundError) as err:
+            return err
+
+
+def per_process_batch(batch_size: int, processes: int, images: int, split: str) -> int:
+    """Each process's share of train.batch_size, the global batch; refused when the share is not whole or the
+    split (``images`` images) is smaller than one batch."""
+    if batch_size % processes:
+        raise ConfigError(f"train.batch_size={batch_size} is the batch over all processes and must be divisible "
+                          f"by the {processes} processes of this job; use a multiple of {processes}, or start a "
+                          f"number of processes that divides {batch_size}")
+    if images < batch_size:
+        raise ConfigError(f"train.batch_size={batch_size} needs at least that many images, but split {split!r} has "
+                          f"{images}; lower train.batch_size or use a larger split")
+    return batch_size // processes

@@ -6,6 +6,7 @@ generator per sample from (seed, epoch, index); see :class:`excel.data.Segmentat
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -24,9 +25,15 @@ NormalizeMode = Literal["imagenet", "clip"]
 
 def normalization_constants(mode: NormalizeMode, device: torch.device | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (0–255 scale) as 3×1×1 float32 tensors."""
+    """Mean and std (0–255 scale) as 3×1×1 float32 tensors on ``device``, made once per device (a GPU
+    training step then copies nothing from the host); shared, so never modify them in place."""
     if mode not in NORMALIZATION:
         raise ValueError(f"unknown normalisation {mode!r}; expected one of {sorted(NORMALIZATION)}")
+    return _constants(mode, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@lru_cache(maxsize=None)
+def _constants(mode: NormalizeMode, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = NORMALIZATION[mode]
     return (torch.tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
             torch.tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))

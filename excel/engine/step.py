@@ -49,18 +49,18 @@ def unwrap(model: nn.Module) -> ExCEL:
 def training_step(model: nn.Module, images: torch.Tensor, cls_labels: torch.Tensor, it: int,
                   cfg: DictConfig, par: PAR, optimizer: torch.optim.Optimizer,
                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, *,
-                  dynamic: bool, amp: bool = False) -> dict[str, torch.Tensor]:
+                  dynamic: bool, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """One training iteration (docs/method.md §8) on a batch already on its device.
 
     model: :class:`ExCEL`, or ExCEL wrapped in DistributedDataParallel (the forward through the wrapper
     is what synchronises the head's gradients); images: B×3×H×W normalised crops; cls_labels: B×C
-    multi-hot; ``dynamic`` selects the LVC CAMs. Frozen forward → CAMs → pseudo labels → losses → one
-    optimiser and scheduler step. Raises :class:`TrainingError` when the loss is not finite. Returns
-    the detached losses and what the TensorBoard grid shows.
+    multi-hot; ``dynamic`` selects the LVC CAMs. Frozen forward (in the model's precision) → CAMs →
+    pseudo labels → losses (fp32) → one optimiser and scheduler step. With ``check_finite`` a loss that is
+    not finite raises :class:`TrainingError` (the check waits for the device, so the trainer asks for it
+    at its log intervals only). Returns the detached losses and what the TensorBoard grid shows.
     """
     excel = unwrap(model)
-    with torch.autocast(images.device.type, enabled=amp):
-        out = model(images)
+    out = model(images)
     dense, features, logits, affinity = out.dense, out.features, out.logits, out.affinity
     with torch.no_grad():
         cams = excel.dynamic_cams(dense, features.float()) if dynamic else excel.static_cams(dense)
@@ -70,7 +70,7 @@ def training_step(model: nn.Module, images: torch.Tensor, cls_labels: torch.Tens
                                cfg.cam.box_threshold, par, affinity.detach().float() if dynamic else None)
     losses = training_losses(logits, affinity, labels, dense.grid, it, cfg)
     loss = losses["loss"]
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise TrainingError(f"the loss became {loss.item()} at iteration {it}")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

@@ -36,7 +36,7 @@ from excel.builders import (
 from excel.config import ConfigError, as_list, save_config
 from excel.data.dataset import collate
 from excel.data.layout import dataset_folders
-from excel.data.sampler import EpochAwareDataset, EpochIndexSampler
+from excel.data.sampler import EpochAwareDataset, EpochIndexSampler, ValidationSamples, per_process_batch
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
@@ -67,6 +67,7 @@ from excel.utils import distributed as dist
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.argmax import argmax
 from excel.utils.logging import setup_logging
+from excel.utils.precision import grad_scaler
 from excel.utils.stop import StopRequest, TrainingStopped
 from excel.utils.visualize import heat_map, positive_class_cam
 
@@ -98,10 +99,8 @@ class Trainer:
         # The data first: a missing or too small dataset is reported before anything is loaded or written.
         train_set = build_dataset(cfg, cfg.dataset.train_split, build_train_augment(cfg))
         self.val_set = build_dataset(cfg, cfg.dataset.val_split, EvalTransform(cfg.dataset.normalize), with_mask=True)
-        if len(train_set) < cfg.train.batch_size * dist.world_size():
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} × {dist.world_size()} process(es) needs at least "
-                              f"that many images, but split {cfg.dataset.train_split!r} has {len(train_set)}; lower "
-                              "train.batch_size or use a larger split")
+        self.batch_per_process = per_process_batch(cfg.train.batch_size, dist.world_size(), len(train_set),
+                                                   cfg.dataset.train_split)
         self._lock: RunLock | None = None
         dist.on_main(lambda: self._prepare_work_dir(plan))
         setup_logging(self.work_dir / "train.log")
@@ -116,16 +115,15 @@ class Trainer:
                                                broadcast_buffers=False)
         self.optimizer = build_optimizer(cfg, self.model.head.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         self.par = build_par(cfg).to(self.device)
         self.start_iter = 0
         if resume is not None:
             self._resume(resume, resume_state)
 
-        sampler = EpochIndexSampler(len(train_set), cfg.train.batch_size, cfg.train.seed, self.start_iter,
+        sampler = EpochIndexSampler(len(train_set), self.batch_per_process, cfg.train.seed, self.start_iter,
                                     dist.rank(), dist.world_size())
-        self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=cfg.train.batch_size, sampler=sampler,
+        self.loader = DataLoader(EpochAwareDataset(train_set), batch_size=self.batch_per_process, sampler=sampler,
                                  num_workers=cfg.train.num_workers, collate_fn=collate,
                                  generator=torch.Generator(), persistent_workers=cfg.train.num_workers > 0,
                                  pin_memory=self.device.type == "cuda")
@@ -151,12 +149,12 @@ class Trainer:
     def dynamic_phase(self, it: int) -> bool:
         return bool(self.cfg.lvc.enabled) and it >= self.cfg.lvc.start_iter
 
-    def train_step(self, batch: dict, it: int) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: dict, it: int, check_finite: bool = True) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
         try:
             return training_step(self.net, images, cls_labels, it, self.cfg, self.par, self.optimizer,
-                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), amp=self.amp)
+                                 self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), check_finite=check_finite)
         except TrainingError as err:
             raise TrainingError(f"{err}; stopping. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}") from None
@@ -181,9 +179,10 @@ class Trainer:
                 for it in bar:
                     if it == cfg.lvc.start_iter and self.dynamic_phase(it):
                         log.info("iteration %d: switching to dynamic CAMs (LVC)", it)
-                    step = self.train_step(next(data), it)
                     done = it + 1
-                    if done % cfg.train.log_interval == 0 or done == cfg.train.max_iters:
+                    logged = done % cfg.train.log_interval == 0 or done == cfg.train.max_iters
+                    step = self.train_step(next(data), it, check_finite=logged)     # no host sync in between
+                    if logged:
                         self._log_step(step, done, started)
                     if done % cfg.train.eval_interval == 0 or done == cfg.train.max_iters:
                         self.save(done)
@@ -248,8 +247,11 @@ class Trainer:
         if cfg.train.eval_max_images is not None:
             indices = indices[: cfg.train.eval_max_images]
         pseudo, decoder = ConfusionMeter(num), ConfusionMeter(num)
-        for index in tqdm(dist.shard(indices), disable=not dist.is_main(), desc="val", leave=False):
-            sample = self.val_set[index]
+        samples = DataLoader(ValidationSamples(self.val_set, dist.shard(indices)), batch_size=None,
+                             num_workers=cfg.train.num_workers)                     # images decoded in workers
+        for sample in tqdm(samples, disable=not dist.is_main(), desc="val", leave=False):
+            if isinstance(sample, Exception):
+                raise sample
             pred = predict_image(self.model, sample["image"][None].to(self.device), sample["cls_label"][None].to(self.device),
                                  tuple(sample["mask"].shape), mode="validation", input_size=cfg.cam.input_size,
                                  box_threshold=cfg.cam.val_box_threshold, affinity_layers=cfg.cam.affinity_layers,
@@ -279,7 +281,7 @@ class Trainer:
             raise TrainingError(f"the head's weights became non-finite (NaN or infinite) by iteration {it}; "
                                 "stopping without saving them. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}")
-        rng = dist.gather_to_main(dist.rng_state())          # every rank's dropout RNG, for an exact resume
+        rng = dist.gather_to_main(dist.rng_state(self.device))    # every rank's dropout RNG, for an exact resume
         dist.on_main(lambda: self._write_checkpoint(path, it, rng))
         self.last_checkpoint = path
 
@@ -312,9 +314,7 @@ class Trainer:
         self.start_iter = int(state["iteration"])
         ranks = state.get("rng_ranks") or []
         rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available() and rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        dist.set_rng_state(rng, self.device)
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
 
@@ -382,10 +382,10 @@ def train(cfg: DictConfig, resume: str | None = None, follow_checkpoint: bool = 
     """Train with `cfg`; returns the finished trainer. ``resume``: a checkpoint, ``"auto"`` (the newest in
     work_dir, if any) or None; ``follow_checkpoint``: continue in the resumed checkpoint's own work_dir.
 
-    With ``train.retain_freed_memory`` the process's C allocator keeps freed memory from here on
-    (excel/utils/allocator.py), so each iteration reuses the pages of the last.
+    With ``train.retain_freed_memory`` a CPU job's C allocator keeps freed memory from here on
+    (excel/utils/allocator.py), so each iteration reuses the pages of the last (GPU tensors: torch's allocator).
     """
-    if cfg.train.retain_freed_memory:
+    if cfg.train.retain_freed_memory and dist.resolve_device(cfg.device).type == "cpu":
         retain_freed_memory()
     trainer = None
     try:

@@ -85,14 +85,17 @@ def _propagation_pattern(batch: int, height: int, width: int, offsets: tuple[tup
     return row_pointers, columns
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)           # a validation or pseudo-label pass meets many image sizes
 def _gather_index(height: int, width: int, offsets: tuple[tuple[int, int], ...], margin: int,
                   device: torch.device) -> torch.Tensor:
-    """M·H·W int64: for neighbour m of pixel (y, x), its position in the flattened Hp×Wp padded plane."""
+    """M·H·W int32 (int64 past 2³¹ positions): for neighbour m of pixel (y, x), its position in the flattened
+    Hp×Wp padded plane. Built on ``device`` (no host computation or copy for a new size)."""
     padded_w = width + 2 * margin
-    corner = ((torch.arange(height)[:, None] + margin) * padded_w + torch.arange(width) + margin).flatten()
-    shifts = torch.tensor([dy * padded_w + dx for dy, dx in offsets])
-    return (shifts[:, None] + corner).flatten().to(device)
+    dtype = _index_dtype((height + 2 * margin) * padded_w)
+    rows = torch.arange(margin, height + margin, device=device, dtype=dtype) * padded_w
+    corner = (rows[:, None] + torch.arange(margin, width + margin, device=device, dtype=dtype)).flatten()
+    shifts = torch.tensor([dy * padded_w + dx for dy, dx in offsets], dtype=dtype).to(device)
+    return (shifts[:, None] + corner).flatten()
 
 
 class PAR(nn.Module):

@@ -63,7 +63,7 @@ def predict_image(model: ExCEL, image: torch.Tensor, cls_label: torch.Tensor, la
         raise ValueError(f"unknown pseudo-label mode {mode!r}; use one of {MODES}")
     inputs = resize_input(image, input_size)
     if mode == "training_free" and not with_decoder:
-        dense, out = model.encoder(inputs), None                 # the head takes no part
+        dense, out = model.encode(inputs), None                   # the head takes no part
     else:
         pair = mode.startswith("checkpoint")
         out = model(torch.cat([inputs, inputs.flip(-1)]) if pair else inputs)

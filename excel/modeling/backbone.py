@@ -19,7 +19,8 @@ class DenseOutput:
     """What one frozen forward yields (N = 1 + h·w tokens, CLS first).
 
     tokens:        B×N×D   projected tokens P (calibrated stream when SVC is on)
-    attn_maps:     L×B×N×N recorded attention (head mean for plain blocks, head sum for SVC blocks)
+    attn_maps:     K×B×N×N fp32 attention of the last K recorded blocks (head mean for plain blocks, head sum
+                   for SVC blocks); K = the encoder's ``record_attention`` (all L blocks by default)
     layer_outputs: L×B×N×D_v  output tokens of every block (original stream)
     grid:          (h, w) patch grid
     calibrated:    B×N×D_v  calibrated stream before ln_post (CLS already from the original stream)
@@ -48,16 +49,24 @@ class DenseCLIPEncoder(nn.Module):
             L−S becomes the final calibrated stream, and the outputs of blocks L−S+1..L−1 gain the
             attention output of the next block. On by default, since the published numbers were produced
             this way; off: every record is the clean x_o (docs/method.md §2).
+        record_attention: number of final blocks whose attention maps are recorded (None: all). The other
+            blocks run fused attention (``scaled_dot_product_attention``: flash / memory-efficient kernels
+            where the device has them), since nothing reads their maps.
+
+    The attention softmax of the recorded blocks and of the calibration runs in fp32 under autocast.
     """
 
     def __init__(self, visual: nn.Module, svc_layers: int = 5, svc_enabled: bool = True,
-                 published_layer_records: bool = True):
+                 published_layer_records: bool = True, record_attention: int | None = None):
         super().__init__()
         blocks = visual.transformer.resblocks
         if not 0 < svc_layers <= len(blocks):
             raise ValueError(f"svc.layers={svc_layers} must be in 1..{len(blocks)} (the model has {len(blocks)} blocks)")
         self.visual = visual
         self.svc_layers = svc_layers
+        if record_attention is not None and not 0 < record_attention <= len(blocks):
+            raise ValueError(f"record_attention={record_attention} must be in 1..{len(blocks)}")
+        self.record_attention = len(blocks) if record_attention is None else record_attention
         self.svc_enabled = svc_enabled
         self.published_layer_records = published_layer_records and svc_enabled
         self.patch_size = visual.conv1.kernel_size[0]
@@ -127,7 +136,13 @@ class DenseCLIPEncoder(nn.Module):
 
     @staticmethod
     def _self_attention(x: torch.Tensor, scale: float) -> torch.Tensor:
-        return torch.softmax(x @ x.transpose(-2, -1) * scale, dim=-1)
+        """softmax(x·xᵀ·scale) in fp32: B×H×N×d → B×H×N×N."""
+        return torch.softmax((x @ x.transpose(-2, -1)).float() * scale, dim=-1)
+
+    @staticmethod
+    def attention_map(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q·kᵀ/√d) in fp32: B×H×N×d each → B×H×N×N."""
+        return torch.softmax((q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5, dim=-1)
 
     def calibration_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """SVC intra-correlation attention summed over heads: B×N×N (docs/method.md §2)."""
@@ -148,6 +163,7 @@ class DenseCLIPEncoder(nn.Module):
         x, grid = self.embed(images)
         blocks = self.visual.transformer.resblocks
         first_svc = len(blocks) - self.svc_layers
+        first_recorded = len(blocks) - self.record_attention
         attn_maps, layer_outputs = [], []
         x_s, lvc_values = None, None
         for index, block in enumerate(blocks):
@@ -155,18 +171,22 @@ class DenseCLIPEncoder(nn.Module):
             if svc and x_s is None:
                 x_s = x.clone()
             q, k, v = self._qkv(block, x)
-            attn = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
             out_proj = block.attn.out_proj
-            attn_out = block.ls_1(out_proj(self._merge(attn @ v)))
+            if index >= first_recorded:
+                attn = self.attention_map(q, k)
+                attn_maps.append(attn.sum(dim=1) if svc else attn.mean(dim=1))
+                mixed = attn.to(v.dtype) @ v
+            else:
+                mixed = F.scaled_dot_product_attention(q, k, v)
+            attn_out = block.ls_1(out_proj(self._merge(mixed)))
             if svc and index > first_svc and self.published_layer_records:
                 layer_outputs[-1] = layer_outputs[-1] + attn_out
             x = x + attn_out
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
-            attn_maps.append(attn.sum(dim=1) if svc else attn.mean(dim=1))
             layer_outputs.append(x)
             if svc and calibrate:
                 calib = self.calibration_attention(q, k, v)
-                x_s = x_s + out_proj(self._merge(calib.unsqueeze(1) @ v))
+                x_s = x_s + out_proj(self._merge(calib.unsqueeze(1).to(v.dtype) @ v))
                 values = self._merge(v)[:, 1:] @ out_proj.weight.T
                 lvc_values = values if lvc_values is None else lvc_values + values
         if calibrate:
@@ -180,6 +200,7 @@ class DenseCLIPEncoder(nn.Module):
                            grid=grid, calibrated=x_s, lvc_values=lvc_values, num_heads=self.num_heads)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """B×N×D_v → B×N×D: ln_post and the visual projection."""
-        x = self.visual.ln_post(x)
-        return x @ self.visual.proj if self.visual.proj is not None else x
+        """B×N×D_v → B×N×D: ln_post and the visual projection, in fp32 (the tokens P the CAMs are made of)."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.visual.ln_post(x.float())
+            return x @ self.visual.proj if self.visual.proj is not None else x

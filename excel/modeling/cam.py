@@ -28,10 +28,11 @@ def surgery_cams(tokens: torch.Tensor, text: torch.Tensor, num_foreground: int,
                  grid: tuple[int, int]) -> torch.Tensor:
     """Static CAMs: P B×N×D (CLS first), text T×D (foreground rows first) → B×C_fg×h×w in [0, 1].
 
+    Computed in fp32 whatever the tokens' dtype (half-precision tokens are cast up).
     P is L2-normalised over the token dimension (as published); each class map is min–max normalised
     over all N tokens (CLS included) before the CLS token and the background classes are dropped.
     """
-    sim = feature_surgery(F.normalize(tokens, dim=1), text)
+    sim = feature_surgery(F.normalize(tokens.float(), dim=1), text.float())
     sim = min_max_normalize(sim, dim=1)
     cams = sim[:, 1:, :num_foreground]
     return cams.transpose(1, 2).unflatten(2, grid)

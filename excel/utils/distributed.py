@@ -32,15 +32,29 @@ def is_peer_failure(err: BaseException) -> bool:
                                  or (isinstance(err, RuntimeError) and any(m in str(err) for m in _BACKENDS_IN_MESSAGES)))
 
 
+class DeviceError(RuntimeError):
+    """The configured device cannot be used by this process."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` → this rank's GPU when CUDA is available (LOCAL_RANK), else the CPU."""
+    """This process's device: ``auto`` → its GPU when CUDA is available, else the CPU; ``cuda`` → its GPU.
+
+    "Its GPU" is ``cuda:LOCAL_RANK`` (torchrun's local rank; 0 in a single process). ``cuda:N`` names one
+    GPU and is refused when torchrun starts several processes (they would all share it).
+    """
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
+        return torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} was asked for but CUDA is not available; use device=cpu or device=auto")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device={name} was asked for but CUDA is not available; use device=cpu or device=auto")
+    if device.index is None:
+        return torch.device("cuda", local)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise DeviceError(f"device={name} would put every process of this {os.environ['WORLD_SIZE']}-process job "
+                          "on one GPU; use device=cuda (or auto): each process takes cuda:LOCAL_RANK")
     return device
 
 
@@ -168,7 +182,24 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def rng_state() -> dict[str, object]:
-    """This process's torch RNG states (CPU, and every visible GPU): what each rank saves for an exact resume."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+def rng_state(device: torch.device | None = None) -> dict[str, object]:
+    """This process's torch RNG states: the CPU's and, on a GPU, that of its own ``device`` only (what each
+    rank saves for an exact resume; ``cuda`` is None on a CPU)."""
+    on_gpu = device is not None and device.type == "cuda"
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if on_gpu else None}
+
+
+def set_rng_state(state: dict[str, object], device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state`: the CPU state, and the GPU state into ``device`` when both have one.
+
+    Older checkpoints hold a list of every visible GPU's state; the entry of ``device``'s index is used
+    when it exists, else the first.
+    """
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if device is None or device.type != "cuda" or cuda is None or (isinstance(cuda, list) and not cuda):
+        return
+    if isinstance(cuda, list):
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda, device)
