@@ -25,7 +25,6 @@ class Claim:
 CLAIMS: tuple[Claim, ...] = (
     Claim("SVC lifts CLIP's training-free pseudo labels", "svc", "clip"),
     Claim("TSE adds to SVC", "svc_tse", "svc"),
-    Claim("training lifts the static CAMs' pseudo labels above the training-free ones", "trained_static", "svc_tse"),
     Claim("LVC's dynamic CAMs beat the static CAMs of the same checkpoint", "trained_lvc", "trained_static"),
     Claim("CRF adds to the decoder", "decoder_crf", "decoder"),
     Claim("the decoder + CRF beats the training-free pseudo labels it learned from", "decoder_crf", "svc_tse"),
