@@ -41,3 +41,17 @@ def build_lr_schedule(cfg: DictConfig) -> WarmupPoly:
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     """The optimiser's scheduler with :func:`build_lr_schedule`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg))
+
+
+def apply_hyperparameters(cfg: DictConfig, optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Put the configured optim.* and train.max_iters into a resumed optimiser and schedule
+    (train.resume_allow_changes): the lr of the next step follows the new schedule."""
+    o = cfg.optim
+    schedule = build_lr_schedule(cfg)
+    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=o.lr, lr=o.lr * schedule(scheduler.last_epoch), weight_decay=o.weight_decay,
+                     betas=tuple(as_list(o.betas)), eps=o.eps)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -6,7 +6,8 @@ Per iteration: frozen forward → CAMs (static before lvc.start_iter, dynamic af
 Resuming is exact: the data order of epoch e is a permutation seeded by (train.seed, e), every
 sample's augmentation is seeded by (train.seed, epoch, index), and the torch RNG (dropout) is saved
 with the checkpoint, so a resumed run continues with the very batches and dropout masks that the
-uninterrupted run would have used.
+uninterrupted run would have used. With ``train.ema_decay`` > 0, validation and the checkpoints' ``head`` hold a
+moving average of the trained head (:mod:`excel.engine.averaging`), which is resumed exactly as well.
 
 Surviving failures: where a start begins (a fresh run, ``--resume CKPT``, ``--resume auto``, a worker group
 restarted by torchrun) is decided by :mod:`excel.engine.work_dir`, which also locks the work_dir and keeps
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -38,7 +40,8 @@ from excel.data.dataset import collate
 from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler, ValidationSamples, per_process_batch
 from excel.data.transforms import EvalTransform, denormalize
-from excel.engine.schedule import build_lr_schedule, build_optimizer, build_scheduler
+from excel.engine.averaging import HeadAverage, trained_head_state
+from excel.engine.schedule import apply_hyperparameters, build_optimizer, build_scheduler
 from excel.engine.step import TrainingError, training_step
 from excel.engine.work_dir import (
     LATEST,
@@ -73,7 +76,7 @@ from excel.utils.visualize import heat_map, positive_class_cam
 
 log = logging.getLogger(__name__)
 
-RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed")     # with optim.*: fixed for a resumed run
+RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed", "ema_decay")     # with optim.*: fixed for a resumed run
 WORK_DIR_ENTRIES = ("checkpoints", "metrics", "tensorboard", "config.yaml", "train.log")   # what a run writes
 
 
@@ -117,6 +120,7 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.scaler = grad_scaler(self.device, cfg.precision)
         self.par = build_par(cfg).to(self.device)
+        self.average = HeadAverage(self.model.head, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.start_iter = 0
         if resume is not None:
             self._resume(resume, resume_state)
@@ -153,11 +157,14 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=True)
         cls_labels = batch["cls_label"].to(self.device, non_blocking=True)
         try:
-            return training_step(self.net, images, cls_labels, it, self.cfg, self.par, self.optimizer,
+            step = training_step(self.net, images, cls_labels, it, self.cfg, self.par, self.optimizer,
                                  self.scheduler, self.scaler, dynamic=self.dynamic_phase(it), check_finite=check_finite)
         except TrainingError as err:
             raise TrainingError(f"{err}; stopping. The last good checkpoint is "
                                 f"{self.last_checkpoint or 'none (no checkpoint was saved yet)'}") from None
+        if self.average is not None:
+            self.average.update(self.model.head)
+        return step
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -227,7 +234,8 @@ class Trainer:
         not touch the training RNG, so a resumed run continues exactly as the uninterrupted one."""
         devices = [self.device] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            averaged = self.average.in_place_of(self.model.head) if self.average is not None else nullcontext()
+            with torch.random.fork_rng(devices=devices), averaged:
                 results = self.validate(it)
             dist.on_main(lambda: keep_best(checkpoint_folder(self.work_dir), it, results["decoder"],
                                            self.cfg.train.keep_checkpoints))
@@ -298,13 +306,17 @@ class Trainer:
             "num_classes": self.cfg.dataset.num_classes,
             "run": run_record(self.run_id, dist.job_id()),
         }
+        if self.average is not None:
+            state.update(self.average.checkpoint_entries(self.model.head))
         save_checkpoint(path, state)
         point_to(path.with_name(LATEST), path)
         log.info("saved checkpoint %s", path)
         prune_checkpoints(path.parent, self.cfg.train.keep_checkpoints)
 
     def _resume(self, path: str, state: dict) -> None:
-        load_head_weights(self.model, state, source=path)
+        load_head_weights(self.model, trained_head_state(state), source=path)
+        if self.average is not None:
+            self.average.load(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.cfg.train.resume_allow_changes:
@@ -350,20 +362,6 @@ def changed_resume_keys(stored: DictConfig, cfg: DictConfig) -> list[tuple[str, 
         if old != new:
             changes.append((key, old, new))
     return changes
-
-
-def apply_hyperparameters(cfg: DictConfig, optimizer: torch.optim.Optimizer,
-                          scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
-    """Put the configured optim.* and train.max_iters into a resumed optimiser and schedule
-    (train.resume_allow_changes): the lr of the next step follows the new schedule."""
-    o = cfg.optim
-    schedule = build_lr_schedule(cfg)
-    scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
-    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
-    for group in optimizer.param_groups:
-        group.update(initial_lr=o.lr, lr=o.lr * schedule(scheduler.last_epoch), weight_decay=o.weight_decay,
-                     betas=tuple(as_list(o.betas)), eps=o.eps)
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def visual_grid(step: dict, normalization: str) -> torch.Tensor:
