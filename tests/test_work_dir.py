@@ -14,6 +14,7 @@ from excel.modeling.checkpoint import save_checkpoint
 from excel.engine.work_dir import (
     AUTO,
     RunLock,
+    per_process_batch_note,
     plan_start,
     point_to,
     prune_checkpoints,
@@ -111,3 +112,18 @@ def test_pruning_keeps_the_last_k_and_the_best(tmp_path):
                                                               "miou": 55.0}
     assert os.readlink(folder / "best.pth") == "iter_000004.pth" and os.readlink(folder / "latest.pth") == "iter_000008.pth"
     assert prune_checkpoints(folder, None) == []
+
+
+def test_a_multi_process_checkpoint_of_the_per_process_batch_meaning_is_named_with_its_global_batch(tmp_path):
+    cfg = config(tmp_path / "w")
+    current = OmegaConf.to_yaml(cfg)
+    old = OmegaConf.create(current)
+    del old["precision"]
+    old.train.batch_size = 4
+    old_state = {"config": OmegaConf.to_yaml(old), "rng_ranks": [{}, {}, {}]}
+    note = per_process_batch_note(old_state, "old.pth")
+    assert "old.pth" in note and "4 × 3 = 12 images per iteration" in note
+    assert "train.batch_size=12 train.resume_allow_changes=true" in note
+    assert per_process_batch_note({**old_state, "rng_ranks": [{}]}, "one.pth") is None       # one process: same batch
+    assert per_process_batch_note({"config": current, "rng_ranks": [{}, {}]}, "new.pth") is None
+    assert per_process_batch_note({"rng_ranks": [{}, {}]}, "bare.pth") is None

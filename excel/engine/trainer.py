@@ -50,6 +50,7 @@ from excel.engine.work_dir import (
     checkpoint_folder,
     checkpoint_name,
     keep_best,
+    per_process_batch_note,
     plan_start,
     point_to,
     prepare_work_dir,
@@ -108,6 +109,8 @@ class Trainer:
         dist.on_main(lambda: self._prepare_work_dir(plan))
         setup_logging(self.work_dir / "train.log")
         log.info("%s", plan.note)
+        if resume_state is not None and (note := per_process_batch_note(resume_state, resume)):
+            log.warning("%s", note)
         torch.manual_seed(cfg.train.seed + dist.rank())
 
         self.model: ExCEL = build_model(cfg, self.device)

@@ -290,3 +290,20 @@ def keep_best(folder: Path, iteration: int, miou: float, keep: int | None) -> No
     if record_best(folder, iteration, miou):
         log.info("best decoder mIoU so far (%.2f): %s", miou, checkpoint_name(iteration))
     prune_checkpoints(folder, keep)
+
+
+def per_process_batch_note(state: Mapping[str, Any], source: str) -> str | None:
+    """A warning for resuming a multi-process checkpoint written when ``train.batch_size`` counted the images of
+    each process (before the ``precision`` key existed): its run took batch_size × processes images per step,
+    a resume takes batch_size in all. None for every other checkpoint."""
+    ranks = len(state.get("rng_ranks") or [])
+    if ranks < 2 or not isinstance(state.get("config"), str):
+        return None
+    stored = OmegaConf.create(state["config"])
+    if "precision" in stored:
+        return None
+    batch = OmegaConf.select(stored, "train.batch_size")
+    return (f"--resume {source}: this checkpoint was written when train.batch_size counted the images of each "
+            f"process, so its {ranks} processes took {batch} × {ranks} = {batch * ranks} images per iteration; "
+            f"now train.batch_size is the batch over all processes. To continue with the run's own batch, resume "
+            f"with train.batch_size={batch * ranks} train.resume_allow_changes=true")
