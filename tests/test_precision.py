@@ -50,8 +50,11 @@ def test_surgery_cams_accept_half_tokens(precision):
 def test_half_forward_runs_in_half_and_returns_fp32(tiny_cfg, precision):
     model = model_in(tiny_cfg, precision).eval()
     images = torch.randn(2, 3, 64, 64)
+    mlp_outputs = []
+    model.encoder.visual.transformer.resblocks[0].mlp.register_forward_hook(lambda m, i, o: mlp_outputs.append(o))
     out = model(images)
-    assert out.dense.layer_outputs.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert mlp_outputs[0].dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]   # the blocks in half
+    assert out.dense.layer_outputs.dtype == torch.float32                   # the residual stream in fp32
     assert out.logits.dtype == out.affinity.dtype == out.features.dtype == torch.float32
     assert out.dense.attn_maps.dtype == torch.float32
     for cams in (model.static_cams(out.dense), model.dynamic_cams(out.dense, out.features)):
@@ -150,3 +153,21 @@ def test_tf32_is_enabled_on_cuda_only(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     enable_tf32(torch.device("cuda", 0))
     assert calls == ["high"] and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_patch_embedding_and_svc_stream_stay_fp32_under_autocast(tiny_cfg, precision):
+    """Their rounding would grow through every later layer (docs/precision.md): under autocast they give
+    exactly what they give in fp32."""
+    encoder = model_in(tiny_cfg, "fp32").encoder.eval()
+    images = torch.randn(2, 3, 64, 64)
+    calib = torch.rand(2, 17, 17).softmax(-1)
+    values = torch.randn(2, encoder.num_heads, 17, encoder.width // encoder.num_heads)
+    out_proj = encoder.visual.transformer.resblocks[-1].attn.out_proj
+    tokens, grid = encoder.embed(images)
+    update = encoder.calibrated_update(calib, values, out_proj)
+    with autocast(torch.device("cpu"), precision):
+        half_tokens, half_grid = encoder.embed(images)
+        half_update = encoder.calibrated_update(calib, values, out_proj)
+    assert half_grid == grid and half_tokens.dtype == half_update.dtype == torch.float32
+    assert torch.equal(half_tokens, tokens) and torch.equal(half_update, update)

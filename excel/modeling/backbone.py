@@ -104,7 +104,8 @@ class DenseCLIPEncoder(nn.Module):
         return torch.cat([cls_pos, grid_pos], dim=0)
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """B×3×H×W → tokens B×N×D_v after ln_pre, and the grid (h, w)."""
+        """B×3×H×W → tokens B×N×D_v after ln_pre, and the grid (h, w). The patch embedding runs in the weights'
+        precision even under autocast: every later error grows from its rounding (docs/precision.md)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape B×3×H×W, got {tuple(images.shape)}")
         H, W = images.shape[-2:]
@@ -113,7 +114,8 @@ class DenseCLIPEncoder(nn.Module):
             raise ValueError(f"image size {H}×{W} is not divisible by the patch size {p}; "
                              f"resize or pad the input to a multiple of {p}")
         visual = self.visual
-        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        with torch.autocast(images.device.type, enabled=False):
+            x = visual.conv1(images.to(visual.conv1.weight.dtype))
         h, w = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -151,6 +153,15 @@ class DenseCLIPEncoder(nn.Module):
                     + self._self_attention(v, scale)) / 3
         return per_head.sum(dim=1)
 
+    @staticmethod
+    def calibrated_update(calib: torch.Tensor, v: torch.Tensor, out_proj: nn.Linear) -> torch.Tensor:
+        """The SVC stream's update from one block, in fp32 even under autocast (the CAMs are made of this
+        stream): calibration maps B×N×N, values B×H×N×d → B×N×D_v."""
+        with torch.autocast(v.device.type, enabled=False):
+            mixed = calib.float().unsqueeze(1) @ v.float()
+            return F.linear(DenseCLIPEncoder._merge(mixed), out_proj.weight.float(),
+                            None if out_proj.bias is None else out_proj.bias.float())
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor, calibrate: bool = True) -> DenseOutput:
         """B×3×H×W (normalised) → :class:`DenseOutput`.
@@ -185,8 +196,7 @@ class DenseCLIPEncoder(nn.Module):
             x = x + block.ls_2(block.mlp(block.ln_2(x)))
             layer_outputs.append(x)
             if svc and calibrate:
-                calib = self.calibration_attention(q, k, v)
-                x_s = x_s + out_proj(self._merge(calib.unsqueeze(1).to(v.dtype) @ v))
+                x_s = x_s + self.calibrated_update(self.calibration_attention(q, k, v), v, out_proj)
                 values = self._merge(v)[:, 1:] @ out_proj.weight.T
                 lvc_values = values if lvc_values is None else lvc_values + values
         if calibrate:
