@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_clip import tiny_overrides
+from omegaconf import OmegaConf
 from torch import nn
 
 from excel.config import ConfigError, load_config
 from excel.engine import trainer as engine
+from excel.engine.work_dir import check_work_dir
 from excel.engine.averaging import HeadAverage, trained_head_state
 from excel.modeling.checkpoint import load_checkpoint
 
@@ -121,3 +123,14 @@ def test_resume_with_another_decay_is_refused(averaged_run, tiny_voc, tiny_clip_
 def test_a_decay_outside_zero_to_one_is_refused(tiny_voc, tiny_clip_files, tmp_path, decay):
     with pytest.raises(ConfigError, match="train.ema_decay"):
         cfg_for(tiny_voc, tiny_clip_files, tmp_path, "bad", **{"train.ema_decay": decay})
+
+
+def test_a_checkpoint_from_before_the_key_resumes_as_without_averaging(tiny_voc, tiny_clip_files, tmp_path):
+    cfg = cfg_for(tiny_voc, tiny_clip_files, tmp_path, "old", **{"train.ema_decay": 0.0})
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["train"]["ema_decay"]
+    state = {"iteration": 3, "config": OmegaConf.to_yaml(OmegaConf.create(stored))}
+    check_work_dir(cfg, "old.pth", state)                       # no averaging then, none now: accepted
+    cfg.train.ema_decay = 0.5
+    with pytest.raises(ConfigError, match=r"train.ema_decay 0.0 → 0.5"):
+        check_work_dir(cfg, "old.pth", state)

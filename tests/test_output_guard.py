@@ -18,7 +18,8 @@ from torch import nn
 
 from excel.config import ConfigError, load_config
 from excel.engine.step import TrainingError
-from excel.engine.trainer import Trainer, check_work_dir
+from excel.engine.trainer import Trainer
+from excel.engine.work_dir import check_work_dir
 from excel.evaluation import infer_lam
 from excel.evaluation.infer_lam import run_pseudo_labels
 from excel.evaluation.reuse import RECORD_FILE

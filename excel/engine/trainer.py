@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -35,9 +35,8 @@ from excel.builders import (
     build_par,
     build_train_augment,
 )
-from excel.config import ConfigError, as_list, save_config
+from excel.config import as_list, save_config
 from excel.data.dataset import collate
-from excel.data.layout import dataset_folders
 from excel.data.sampler import EpochAwareDataset, EpochIndexSampler, ValidationSamples, per_process_batch
 from excel.data.transforms import EvalTransform, denormalize
 from excel.engine.averaging import HeadAverage, trained_head_state
@@ -49,6 +48,7 @@ from excel.engine.work_dir import (
     StartPlan,
     checkpoint_folder,
     checkpoint_name,
+    check_work_dir,
     keep_best,
     per_process_batch_note,
     plan_start,
@@ -57,7 +57,7 @@ from excel.engine.work_dir import (
     prune_checkpoints,
     run_record,
 )
-from excel.io import DatasetError, check_output_folder, voc_palette
+from excel.io import DatasetError, voc_palette
 from excel.labels.pseudo_label import predict_image
 from excel.metrics import ConfusionMeter, format_table, save_scores, scores
 from excel.modeling.checkpoint import (
@@ -77,8 +77,6 @@ from excel.utils.visualize import heat_map, positive_class_cam
 
 log = logging.getLogger(__name__)
 
-RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed", "ema_decay")     # with optim.*: fixed for a resumed run
-WORK_DIR_ENTRIES = ("checkpoints", "metrics", "tensorboard", "config.yaml", "train.log")   # what a run writes
 
 
 class Trainer:
@@ -331,40 +329,6 @@ class Trainer:
         rng = ranks[dist.rank()] if len(ranks) == dist.world_size() else state["rng"]
         dist.set_rng_state(rng, self.device)
         log.info("resumed from %s at iteration %d", path, self.start_iter)
-
-
-def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
-    """Refuse a resume whose optimisation settings differ from the checkpoint's (unless
-    train.resume_allow_changes) or that has nothing left to train, and a work_dir inside a dataset's image /
-    mask folders. (Whether the work_dir may be started in at all is :func:`plan_start`'s decision.)"""
-    check_output_folder(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)) if cfg.dataset.root is not None else (),
-                        inside=WORK_DIR_ENTRIES)
-    if state is not None and int(state["iteration"]) >= cfg.train.max_iters:
-        raise ConfigError(f"--resume {resume}: the checkpoint is at iteration {int(state['iteration'])} and "
-                          f"train.max_iters={cfg.train.max_iters}: nothing is left to train; to train further, "
-                          "raise train.max_iters with train.resume_allow_changes=true")
-    if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
-        return
-    changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)
-    if changes:
-        listed = ", ".join(f"{key} {old!r} → {new!r}" for key, old, new in changes)
-        raise ConfigError(f"--resume {resume}: the checkpoint was trained with other settings ({listed}); "
-                          "resume with the checkpoint's values, or set train.resume_allow_changes=true to "
-                          "continue with the new ones")
-
-
-def changed_resume_keys(stored: DictConfig, cfg: DictConfig) -> list[tuple[str, object, object]]:
-    """(key, checkpoint value, configured value) of every optim.* key and of train.max_iters /
-    batch_size / seed whose value differs from the checkpoint's config."""
-    keys = [f"optim.{key}" for key in cfg.optim] + [f"train.{key}" for key in RESUME_TRAIN_KEYS]
-    changes = []
-    for key in keys:
-        old = OmegaConf.select(stored, key)
-        new = OmegaConf.select(cfg, key)
-        old, new = (OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for v in (old, new))
-        if old != new:
-            changes.append((key, old, new))
-    return changes
 
 
 def visual_grid(step: dict, normalization: str) -> torch.Tensor:

@@ -13,6 +13,9 @@ resolved config. :func:`plan_start` decides, on rank 0, where a start begins:
   that this job wrote with this config, whatever ``train.overwrite`` says (a restart before the first
   checkpoint starts as the job did).
 
+:func:`check_work_dir` then refuses a work_dir inside a dataset, and a resume that has nothing left to train or
+whose optimisation settings differ from the checkpoint's (unless ``train.resume_allow_changes``).
+
 Files in ``<work_dir>/checkpoints``: ``iter_NNNNNN.pth`` (one full write per save), ``latest.pth`` (a link
 to the newest), ``best.pth`` and ``best.json`` (the checkpoint with the best decoder mIoU on the val
 split, and its score); ``<work_dir>/train.lock`` is held by the running job's rank 0.
@@ -33,13 +36,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from excel.config import ConfigError
+from excel.config import ConfigError, as_list
+from excel.config_schema import DEFAULTS
+from excel.data.layout import dataset_folders
+from excel.io import check_output_folder, write_text
 from excel.modeling.checkpoint import TRAINING_KEYS, check_training_state, load_checkpoint
-from excel.io import write_text
 
 log = logging.getLogger(__name__)
+
+RESUME_TRAIN_KEYS = ("max_iters", "batch_size", "seed", "ema_decay")     # with optim.*: fixed for a resumed run
+WORK_DIR_ENTRIES = ("checkpoints", "metrics", "tensorboard", "config.yaml", "train.log")   # what a run writes
 
 AUTO = "auto"                                   # --resume auto
 CHECKPOINTS = "checkpoints"
@@ -307,3 +315,39 @@ def per_process_batch_note(state: Mapping[str, Any], source: str) -> str | None:
             f"process, so its {ranks} processes took {batch} × {ranks} = {batch * ranks} images per iteration; "
             f"now train.batch_size is the batch over all processes. To continue with the run's own batch, resume "
             f"with train.batch_size={batch * ranks} train.resume_allow_changes=true")
+
+
+def check_work_dir(cfg: DictConfig, resume: str | None, state: dict | None) -> None:
+    """Refuse a resume whose optimisation settings differ from the checkpoint's (unless
+    train.resume_allow_changes) or that has nothing left to train, and a work_dir inside a dataset's image /
+    mask folders. (Whether the work_dir may be started in at all is :func:`plan_start`'s decision.)"""
+    check_output_folder(cfg.work_dir, dataset_folders(Path(cfg.dataset.root)) if cfg.dataset.root is not None else (),
+                        inside=WORK_DIR_ENTRIES)
+    if state is not None and int(state["iteration"]) >= cfg.train.max_iters:
+        raise ConfigError(f"--resume {resume}: the checkpoint is at iteration {int(state['iteration'])} and "
+                          f"train.max_iters={cfg.train.max_iters}: nothing is left to train; to train further, "
+                          "raise train.max_iters with train.resume_allow_changes=true")
+    if state is None or not isinstance(state.get("config"), str) or cfg.train.resume_allow_changes:
+        return
+    changes = changed_resume_keys(OmegaConf.create(state["config"]), cfg)
+    if changes:
+        listed = ", ".join(f"{key} {old!r} → {new!r}" for key, old, new in changes)
+        raise ConfigError(f"--resume {resume}: the checkpoint was trained with other settings ({listed}); "
+                          "resume with the checkpoint's values, or set train.resume_allow_changes=true to "
+                          "continue with the new ones")
+
+
+def changed_resume_keys(stored: DictConfig, cfg: DictConfig) -> list[tuple[str, object, object]]:
+    """(key, checkpoint value, configured value) of every optim.* key and of train.max_iters /
+    batch_size / seed / ema_decay whose value differs from the checkpoint's config (a key that an older
+    checkpoint's config lacks counts with its default)."""
+    keys = [f"optim.{key}" for key in cfg.optim] + [f"train.{key}" for key in RESUME_TRAIN_KEYS]
+    defaults = OmegaConf.create(DEFAULTS)
+    changes = []
+    for key in keys:
+        old = OmegaConf.select(stored, key, default=OmegaConf.select(defaults, key))
+        new = OmegaConf.select(cfg, key)
+        old, new = (OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for v in (old, new))
+        if old != new:
+            changes.append((key, old, new))
+    return changes
