@@ -53,7 +53,7 @@ from excel.labels.refine import label_maps, labels_from_maps, last_layers_affini
 from excel.modeling.model import ExCEL
 from excel.utils.allocator import retain_freed_memory
 from excel.utils.distributed import resolve_device
-from excel.utils.precision import autocast, grad_scaler
+from excel.utils.precision import PRECISIONS, autocast, grad_scaler
 
 RANDOM_WEIGHTS = ["clip.pretrained=null", "tse.enabled=false"]
 BATCH_FORWARD, IMAGE_FORWARD = "frozen_forward", "frozen_forward_image"
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Time every stage of ExCEL training and inference.")
     parser.add_argument("--config", default="configs/voc.yaml", help="YAML config (default: configs/voc.yaml)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+    parser.add_argument("--precision", default=None, choices=tuple(PRECISIONS),
                         help="compute precision (default: the config's precision, fp32 unless set)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")

@@ -30,23 +30,23 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from excel.apps.benchmark import report_stem
 from excel.cli import run_command
 from excel.config import load_config
 from excel.engine.trainer import Trainer
 from excel.io import atomic_write
 from excel.prep.synthetic_dataset import write_synthetic_dataset
 from excel.utils import distributed as dist
-from excel.utils.precision import autocast
+from excel.utils.precision import PRECISIONS
 
 WARMUP_ITERS = 5              # iterations of each phase left out of the medians (allocator, autotuning)
 FORWARD_REPEATS = 5
 VAL_IMAGES = 4
-PRECISIONS = ("fp32", "bf16", "fp16")
 CUDA_TESTS = ("tests/test_par.py", "tests/test_refine.py", "tests/test_backbone.py", "tests/test_segment.py",
               "tests/test_losses.py")
 BENCHMARK_ROWS = ("frozen_forward", "par", "static_iteration", "dynamic_iteration", "training_free_label",
                   "multiscale_inference")
-VOC_SCHEDULE = (14000, 16000)  # static and dynamic iterations of configs/voc.yaml (lvc.start_iter, the rest)
+VOC_CONFIG = "configs/voc.yaml"   # whose schedule (static iterations, then dynamic) the check projects
 TRAIN_ROWS = "train_rows.json"
 
 
@@ -128,8 +128,7 @@ def forward_seconds(trainer: Trainer) -> float:
     for _ in range(1 + FORWARD_REPEATS):
         _synchronize(device)
         start = time.perf_counter()
-        with torch.no_grad(), autocast(device, cfg.precision):
-            trainer.model.encoder(images)
+        trainer.model.encode(images)
         _synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
@@ -148,7 +147,8 @@ def phase_row(name: str, seconds: Sequence[float], forward: float, peak_mib: flo
 
 def training_check(cfg, iters: int, lvc_start: int) -> list[dict[str, Any]]:
     """Train for ``iters`` iterations; rows for the forward, the static and dynamic phases and the projected
-    time of the VOC schedule (static median × 14,000 + dynamic median × 16,000)."""
+    time of the VOC schedule (static median × lvc.start_iter + dynamic median × the rest of train.max_iters
+    in configs/voc.yaml)."""
     trainer = Trainer(cfg)
     seconds: dict[int, float] = {}
     trainer.train_step = timed_steps(trainer, seconds)
@@ -167,10 +167,13 @@ def training_check(cfg, iters: int, lvc_start: int) -> list[dict[str, Any]]:
     rows += [phase_row(f"training run: {name} iteration", times, forward, peak) for name, times in phases.items()
              if times]
     if all(phases.values()):
+        voc = load_config(VOC_CONFIG)
+        schedule = (voc.lvc.start_iter, voc.train.max_iters - voc.lvc.start_iter)
         medians = [statistics.median(phases[name]) for name in ("static", "dynamic")]
-        total = sum(m * n for m, n in zip(medians, VOC_SCHEDULE))
-        rows.append({"row": "projected VOC schedule (30,000 iterations), hours", "seconds": total / 3600,
-                     "ratio": float("nan"), "peak_mib": peak, "count": sum(VOC_SCHEDULE), "reference": "-"})
+        total = sum(m * n for m, n in zip(medians, schedule))
+        rows.append({"row": f"projected VOC schedule ({voc.train.max_iters:,} iterations), hours",
+                     "seconds": total / 3600, "ratio": float("nan"), "peak_mib": peak, "count": voc.train.max_iters,
+                     "reference": "-"})
     return rows
 
 
@@ -180,7 +183,7 @@ def benchmark_rows(folder: Path, device: str) -> list[dict[str, Any]]:
     reference); a precision without a report is left out."""
     rows = []
     for precision in PRECISIONS:
-        path = folder / f"benchmark_{device}_{precision}.json"
+        path = folder / f"{report_stem(device, precision)}.json"
         if not path.exists():
             continue
         stages = json.loads(path.read_text())["stages"]
@@ -225,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/voc.yaml", help="YAML config (default: configs/voc.yaml)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--iters", type=int, default=200, help="training iterations (default 200)")
-    parser.add_argument("--precision", default="bf16", choices=PRECISIONS,
+    parser.add_argument("--precision", default="bf16", choices=tuple(PRECISIONS),
                         help="precision of the training step (default bf16)")
     parser.add_argument("--images", type=int, default=64, help="synthetic training images (default 64)")
     parser.add_argument("--train-only", action="store_true", help="run the training step alone")

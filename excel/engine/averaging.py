@@ -24,7 +24,6 @@ class HeadAverage:
     """The exponential moving average of ``head``'s parameters and buffers with weight ``decay`` per step."""
 
     def __init__(self, head: nn.Module, decay: float):
-        self.decay = decay
         self.averaged = AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from excel.config import ConfigError, as_list
+from excel.config import ConfigError
 from excel.config_schema import DEFAULTS
 from excel.data.layout import dataset_folders
 from excel.io import check_output_folder, write_text
