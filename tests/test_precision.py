@@ -171,3 +171,27 @@ def test_patch_embedding_and_svc_stream_stay_fp32_under_autocast(tiny_cfg, preci
         half_update = encoder.calibrated_update(calib, values, out_proj)
     assert half_grid == grid and half_tokens.dtype == half_update.dtype == torch.float32
     assert torch.equal(half_tokens, tokens) and torch.equal(half_update, update)
+
+
+@pytest.mark.parametrize("precision", HALF)
+def test_backbone_weights_stored_in_half_give_the_autocast_numbers(tiny_cfg, precision):
+    """In bf16/fp16 the model holds the blocks' q/k/v projections and MLPs in half (autocast would cast them at
+    every call); the weights of the fp32 steps stay fp32, and every output equals that of a model whose
+    backbone is all fp32 running under the same autocast."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    stored = model_in(tiny_cfg, precision).eval()
+    plain = model_in(tiny_cfg, "fp32").eval()
+    plain.precision = precision
+    visual = stored.encoder.visual
+    for block in visual.transformer.resblocks:
+        assert {block.attn.in_proj_weight.dtype, block.attn.in_proj_bias.dtype, block.mlp.c_fc.weight.dtype,
+                block.mlp.c_fc.bias.dtype, block.mlp.c_proj.weight.dtype, block.mlp.c_proj.bias.dtype} == {dtype}
+        assert block.attn.out_proj.weight.dtype == block.ln_1.weight.dtype == block.ln_2.weight.dtype == torch.float32
+    assert visual.conv1.weight.dtype == visual.ln_post.weight.dtype == visual.proj.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in stored.head.parameters())
+    images = torch.randn(2, 3, 64, 64)
+    a, b = stored(images), plain(images)
+    for name in ("tokens", "attn_maps", "layer_outputs", "calibrated", "lvc_values"):
+        assert torch.equal(getattr(a.dense, name), getattr(b.dense, name)), name
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.affinity, b.affinity)
+    assert torch.equal(stored.dynamic_cams(a.dense, a.features), plain.dynamic_cams(b.dense, b.features))

@@ -78,6 +78,21 @@ class DenseCLIPEncoder(nn.Module):
         self.pretrained_grid = side
         self.requires_grad_(False)
 
+    def store_autocast_weights(self, dtype: torch.dtype) -> None:
+        """Hold the weights that only ever run under autocast in ``dtype`` (bf16 or fp16): each block's q/k/v
+        projection and MLP, about 90 % of the backbone.
+
+        Autocast casts them to its dtype at every call; stored cast, a forward under autocast of ``dtype``
+        computes the same numbers without those per-call copies, and the backbone takes about half its fp32
+        memory. The weights of the steps kept in fp32 (patch embedding, layer norms, the output projection
+        that the SVC update uses, the final projection) stay fp32. The forward then needs autocast of
+        ``dtype``, as :class:`~excel.modeling.model.ExCEL` runs it.
+        """
+        for block in self.visual.transformer.resblocks:
+            for module in (block.attn, block.mlp.c_fc, block.mlp.c_proj):
+                for param in module.parameters(recurse=False):       # attn: in_proj only, not out_proj
+                    param.data = param.data.to(dtype)
+
     def train(self, mode: bool = True) -> "DenseCLIPEncoder":
         """The backbone always stays in eval mode."""
         return super().train(False)
@@ -137,21 +152,22 @@ class DenseCLIPEncoder(nn.Module):
         return x.transpose(1, 2).reshape(B, N, H * d)
 
     @staticmethod
-    def _self_attention(x: torch.Tensor, scale: float) -> torch.Tensor:
-        """softmax(x·xᵀ·scale) in fp32: B×H×N×d → B×H×N×N."""
-        return torch.softmax((x @ x.transpose(-2, -1)).float() * scale, dim=-1)
-
-    @staticmethod
     def attention_map(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """softmax(q·kᵀ/√d) in fp32: B×H×N×d each → B×H×N×N."""
-        return torch.softmax((q @ k.transpose(-2, -1)).float() * q.shape[-1] ** -0.5, dim=-1)
+        """softmax(q·kᵀ/√d) in fp32: B×H×N×d each → B×H×N×N.
+
+        The scale multiplies q (N×d) rather than the N×N product: one pass over the large map fewer, and
+        the same numbers when 1/√d is a power of two (d = 64 in ViT-B and ViT-L).
+        """
+        return torch.softmax(((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float(), dim=-1)
 
     def calibration_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """SVC intra-correlation attention summed over heads: B×N×N (docs/method.md §2)."""
-        scale = q.shape[-1] ** -0.5
-        per_head = (self._self_attention(q, scale) + self._self_attention(k, scale)
-                    + self._self_attention(v, scale)) / 3
-        return per_head.sum(dim=1)
+        """SVC intra-correlation attention summed over heads: B×N×N (docs/method.md §2).
+
+        The mean of the q-q, k-k and v-v maps, summed over the heads; each map is summed over the heads
+        first, so the additions run on B×N×N rather than B×H×N×N.
+        """
+        qq, kk, vv = (self.attention_map(x, x).sum(dim=1) for x in (q, k, v))
+        return (qq + kk + vv) / 3
 
     @staticmethod
     def calibrated_update(calib: torch.Tensor, v: torch.Tensor, out_proj: nn.Linear) -> torch.Tensor:
@@ -197,7 +213,7 @@ class DenseCLIPEncoder(nn.Module):
             layer_outputs.append(x)
             if svc and calibrate:
                 x_s = x_s + self.calibrated_update(self.calibration_attention(q, k, v), v, out_proj)
-                values = self._merge(v)[:, 1:] @ out_proj.weight.T
+                values = F.linear(self._merge(v)[:, 1:], out_proj.weight)
                 lvc_values = values if lvc_values is None else lvc_values + values
         if calibrate:
             x_s = torch.cat([x[:, :1], x_s[:, 1:]], dim=1)
