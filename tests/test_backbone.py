@@ -217,3 +217,20 @@ def test_fused_attention_in_unrecorded_blocks_equals_the_explicit_form(tiny_clip
 def test_recorded_attention_count_is_checked(tiny_clip):
     with pytest.raises(ValueError, match="record_attention=13 must be in 1..12"):
         DenseCLIPEncoder(tiny_clip.visual, record_attention=13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 32])
+def test_attention_maps_equal_the_definition_exactly(head_dim, dtype):
+    """softmax(q·kᵀ/√d) with the scale on q where 1/√d is a power of two (d = 64) gives the very numbers of the
+    scaled product; the calibration maps, added in place, equal ((A_qq + A_kk + A_vv) / 3) summed over heads."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, head_dim).to(dtype) for _ in range(3))
+    scale = head_dim ** -0.5
+
+    def plain(a, b):
+        return torch.softmax((a @ b.transpose(-2, -1)).float() * scale, dim=-1)
+
+    assert torch.equal(DenseCLIPEncoder.attention_map(q, k), plain(q, k))
+    calibration = DenseCLIPEncoder.calibration_attention(q, k, v)
+    assert torch.equal(calibration, ((plain(q, q) + plain(k, k) + plain(v, v)) / 3).sum(dim=1))

@@ -7,6 +7,7 @@ Learnable Visual Calibration needs (``lvc_values``; see excel/modeling/lvc.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,19 +156,25 @@ class DenseCLIPEncoder(nn.Module):
     def attention_map(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """softmax(q·kᵀ/√d) in fp32: B×H×N×d each → B×H×N×N.
 
-        The scale multiplies q (N×d) rather than the N×N product: one pass over the large map fewer, and
-        the same numbers when 1/√d is a power of two (d = 64 in ViT-B and ViT-L).
+        When 1/√d is a power of two (d = 16, 64, 256: ViT-B and ViT-L have 64) the scale multiplies q, which
+        is exact in any precision: the same numbers with one pass over the large N×N map fewer. Otherwise
+        it multiplies the fp32 product (scaling the half-precision q would add a rounding of its own).
         """
-        return torch.softmax(((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).float(), dim=-1)
+        scale = q.shape[-1] ** -0.5
+        if math.log2(scale).is_integer():
+            return torch.softmax(((q * scale) @ k.transpose(-2, -1)).float(), dim=-1)
+        return torch.softmax((q @ k.transpose(-2, -1)).float() * scale, dim=-1)
 
-    def calibration_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def calibration_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """SVC intra-correlation attention summed over heads: B×N×N (docs/method.md §2).
 
-        The mean of the q-q, k-k and v-v maps, summed over the heads; each map is summed over the heads
-        first, so the additions run on B×N×N rather than B×H×N×N.
+        The mean of the q-q, k-k and v-v maps, summed over the heads; the maps are added in place, in
+        the order of the definition, so no further B×H×N×N map is allocated.
         """
-        qq, kk, vv = (self.attention_map(x, x).sum(dim=1) for x in (q, k, v))
-        return (qq + kk + vv) / 3
+        attention_map = DenseCLIPEncoder.attention_map
+        mean = attention_map(q, q)
+        return mean.add_(attention_map(k, k)).add_(attention_map(v, v)).div_(3).sum(dim=1)
 
     @staticmethod
     def calibrated_update(calib: torch.Tensor, v: torch.Tensor, out_proj: nn.Linear) -> torch.Tensor:
