@@ -1,7 +1,8 @@
 """The config key ``precision`` (fp32, bf16, fp16): autocast regions, the gradient scaler and CUDA's TF32.
 
 One setting for training and inference (docs/precision.md). Half precision runs through
-``torch.autocast`` on the device the model sits on; the parameters stay fp32 (the head's master weights),
+``torch.autocast`` on the device the model sits on; the head's parameters stay fp32 (its master weights),
+the frozen backbone's autocast-only weights may be stored in half (``DenseCLIPEncoder.store_autocast_weights``),
 and the numerically sensitive steps (attention softmax, CAMs, PAR, losses) cast up to fp32 themselves.
 fp16 on a GPU scales the loss (``torch.amp.GradScaler``); on a CPU it runs without a scaler.
 """
